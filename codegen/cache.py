@@ -1,0 +1,80 @@
+"""The on-disk kernel cache: generated source in real files, keyed by content.
+
+The file name is a hash of the source text (which encodes the optimized graph, dtype,
+target and flags), plus the Numba and Python versions, so a stale entry can never be
+loaded. Writes go to a temporary file that is renamed into place, so concurrent
+compiles and interrupted writes never leave a half-written module. Numba's own
+``cache=True`` stores machine code beside each file. No global lock is taken.
+
+>>> cache_dir().name
+'graphc'
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numba
+
+_MODULES: dict = {}
+_LOCK = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """``$GRAPHC_CACHE_DIR``, else ``~/.cache/graphc``."""
+    root = os.environ.get("GRAPHC_CACHE_DIR")
+    path = Path(root) if root else Path.home() / ".cache" / "graphc"
+    return path
+
+
+def source_key(source: str) -> str:
+    h = hashlib.sha256()
+    h.update(source.encode())
+    h.update(f"numba={numba.__version__};python={sys.version_info[:2]}".encode())
+    return h.hexdigest()[:24]
+
+
+def _write_atomic(path: Path, text: str):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def module_path(source: str, tag: str = "graph") -> Path:
+    return cache_dir() / f"{tag}_{source_key(source)}.py"
+
+
+def load_module(source: str, tag: str = "graph"):
+    """Write ``source`` to the cache (unless an identical file is there) and import it."""
+    key = source_key(source)
+    with _LOCK:
+        mod = _MODULES.get(key)
+        if mod is not None:
+            return mod
+        path = cache_dir() / f"{tag}_{key}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            intact = path.read_text() == source
+        except (OSError, UnicodeDecodeError):
+            intact = False
+        if not intact:   # missing, truncated or tampered with: rebuild it
+            _write_atomic(path, source)
+        spec = importlib.util.spec_from_file_location(f"graphc_generated_{key}", path)
+        mod = importlib.util.module_from_spec(spec)
+        # Numba's cache pickles references to sibling kernels by module name
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        mod.__graphc_path__ = str(path)
+        _MODULES[key] = mod
+        return mod

@@ -1,0 +1,218 @@
+"""The CPU emitter: a schedule -> readable Numba source.
+
+Each kernel is one ``@njit`` function with the IR lines it implements as comments; a
+driver function ``run`` calls them in order, so a whole step is one native call.
+
+Loop kernels evaluate every node of the group per element with intermediates in
+locals; a group whose operands all share the iteration shape runs as one flat loop
+(vectorisable), otherwise as a loop nest with broadcast indexing.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from graphc.ir import BATCH, get_op
+from graphc.ir.printer import format_node
+
+JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
+
+
+def literal(value, dtype: str) -> str:
+    """Source text for a constant of ``dtype``: ``np.float32(0.5)``, ``-np.inf``."""
+    v = float(value)
+    if math.isnan(v):
+        text = "np.nan"
+    elif math.isinf(v):
+        text = "np.inf" if v > 0 else "-np.inf"
+    else:
+        text = repr(v)
+    if dtype == "float32":
+        return f"np.float32({text})"
+    if dtype == "int64":
+        return f"np.int64({int(v)})"
+    return text
+
+
+class TemplateContext:
+    """What an op's kernel template sees: operand names, types, attrs, and ``emit``."""
+
+    def __init__(self, args, out, in_types, out_type, attrs, shape_expr):
+        self.args = args
+        self.out = out
+        self.in_types = in_types
+        self.out_type = out_type
+        self.attrs = attrs
+        self.shape_expr = shape_expr
+        self.lines: list[str] = []
+
+    def emit(self, line: str):
+        self.lines.append(line)
+
+    def lit(self, value) -> str:
+        dtype = self.out_type.dtype if self.out_type.dtype != "int64" else "float64"
+        return literal(value, dtype)
+
+
+def var(nid: int) -> str:
+    return f"v{nid}"
+
+
+def _index(value_shape, iter_shape, names) -> str:
+    """Index of a value of ``value_shape`` broadcast against the loop over ``iter_shape``."""
+    if not value_shape:
+        return "()"
+    lead = len(iter_shape) - len(value_shape)
+    idx = []
+    for k, d in enumerate(value_shape):
+        full = iter_shape[lead + k]
+        idx.append(names[lead + k] if d == full else "0")
+    return ", ".join(idx)
+
+
+class CpuEmitter:
+    def __init__(self, graph, schedule):
+        self.g = graph
+        self.s = schedule
+        self.batch_source = None
+        for nid in graph.inputs:
+            shape = graph.type_of(nid).shape
+            if BATCH in shape:
+                self.batch_source = (var(nid), shape.index(BATCH))
+                break
+
+    def shape_expr(self, t) -> str:
+        dims = ["n" if d == BATCH else str(d) for d in t.shape]
+        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+    # ------------------------------------------------------------ kernels
+    def comment(self, nid) -> str:
+        return "    # " + format_node(self.g, nid)
+
+    def signature(self, k):
+        params = [var(n) for n in k.inputs] + [var(n) for n in k.outputs]
+        return f"def {k.name}({', '.join(params)}):"
+
+    def emit_loop(self, k) -> list[str]:
+        g = self.g
+        nset = set(k.nodes)
+        iter_shape = g.type_of(k.outputs[0]).shape
+        for o in k.outputs:
+            if g.type_of(o).shape != iter_shape:
+                raise ValueError(f"loop kernel {k.name}: outputs of different shapes")
+        rank = len(iter_shape)
+        all_shapes = {g.type_of(v).shape for v in list(k.inputs) + list(k.nodes)}
+        flat = rank > 1 and all_shapes <= {iter_shape, ()}
+        lines = [f"@njit({JIT_FLAGS})", self.signature(k)]
+        lines += [self.comment(n) for n in k.nodes]
+        body, pre = [], []
+        if rank == 0:
+            names, depth = [], 1
+        elif flat or rank == 1:
+            first = var(k.outputs[0])
+            names = ["i"] * rank
+            if flat:
+                for v in list(k.inputs) + list(k.outputs):
+                    if g.type_of(v).shape:
+                        pre.append(f"    {var(v)}_f = {var(v)}.reshape({var(v)}.size)")
+                pre.append(f"    for i in range({first}.size):")
+            else:
+                pre.append(f"    for i in range({first}.shape[0]):")
+            depth = 2
+        else:
+            names = [f"i{d}" for d in range(rank)]
+            first = var(k.outputs[0])
+            for d in range(rank):
+                pre.append("    " * (d + 1) + f"for i{d} in range({first}.shape[{d}]):")
+            depth = rank + 1
+        ind = "    " * depth
+
+        def ref(v):
+            shape = g.type_of(v).shape
+            if not shape:
+                return f"{var(v)}[()]"
+            if flat:
+                return f"{var(v)}_f[i]"
+            return f"{var(v)}[{_index(shape, iter_shape, names)}]"
+
+        local = {}
+        for v in k.inputs:
+            if not g.type_of(v).shape:
+                pre.insert(0, f"    s{v} = {var(v)}[()]")
+                local[v] = f"s{v}"
+            else:
+                body.append(f"{ind}x{v} = {ref(v)}")
+                local[v] = f"x{v}"
+        for n in k.nodes:
+            d = g.nx.nodes[n]
+            opdef = get_op(d["op"])
+            lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
+            expr = opdef.scalar([local[a] for a in d["args"]], dict(d["attrs"]), lit)
+            body.append(f"{ind}t{n} = {expr}")
+            local[n] = f"t{n}"
+        for o in k.outputs:
+            body.append(f"{ind}{ref(o)} = {local[o]}")
+        return lines + pre + body
+
+    def emit_template(self, k) -> list[str]:
+        (n,) = k.nodes
+        d = self.g.nx.nodes[n]
+        ctx = TemplateContext([var(a) for a in d["args"]], var(n),
+                              [self.g.type_of(a) for a in d["args"]], d["type"],
+                              dict(d["attrs"]), self.shape_expr)
+        get_op(d["op"]).kernel(ctx)
+        return ([f"@njit({JIT_FLAGS})", self.signature(k), self.comment(n)] +
+                ["    " + line for line in ctx.lines])
+
+    def emit_view(self, k) -> list[str]:
+        (n,) = k.nodes
+        d = self.g.nx.nodes[n]
+        ctx = TemplateContext([var(a) for a in d["args"]], var(n),
+                              [self.g.type_of(a) for a in d["args"]], d["type"],
+                              dict(d["attrs"]), self.shape_expr)
+        get_op(d["op"]).kernel(ctx)
+        return [self.comment(n)] + ["    " + line for line in ctx.lines]
+
+    # ------------------------------------------------------------ driver
+    def driver_params(self) -> list[str]:
+        return [var(n) for n in self.g.inputs] + [var(n) for n in self.s.buffers] + \
+               [f"out{i}" for i in sorted(self.s.out_copies)]
+
+    def emit(self) -> str:
+        g, s = self.g, self.s
+        parts = [f"# graphc generated code for graph {g.name!r}",
+                 f"# numba {numba.__version__}, numpy {np.__version__}",
+                 "import math", "import numpy as np", "from numba import njit", ""]
+        for k in s.kernels:
+            if k.kind == "loop":
+                parts += self.emit_loop(k) + [""]
+            elif k.kind == "template":
+                parts += self.emit_template(k) + [""]
+        driver = [f"@njit({JIT_FLAGS})", f"def run({', '.join(self.driver_params())}):"]
+        if self.batch_source is not None:
+            driver.append(f"    n = {self.batch_source[0]}.shape[{self.batch_source[1]}]")
+        for value, target in s.inplace.items():
+            driver.append(f"    {var(value)} = {var(target)}  # updated in place")
+        for k in s.kernels:
+            if k.kind == "view":
+                driver += self.emit_view(k)
+            else:
+                args = [var(n) for n in k.inputs] + [var(n) for n in k.outputs]
+                driver.append(f"    {k.name}({', '.join(args)})")
+        for value, target in s.copy_back.items():
+            driver.append(_copy_line(var(target), var(value), g.type_of(value).rank))
+        for i, value in sorted(s.out_copies.items()):
+            driver.append(_copy_line(f"out{i}", var(value), g.type_of(value).rank))
+        driver.append("    return 0")
+        return "\n".join(parts + driver) + "\n"
+
+
+def _copy_line(dst, src, rank) -> str:
+    return f"    {dst}[()] = {src}[()]" if rank == 0 else f"    {dst}[:] = {src}"
+
+
+def emit_cpu_source(graph, schedule) -> str:
+    """Numba source for ``graph`` run in ``schedule`` order; its driver is ``run``."""
+    return CpuEmitter(graph, schedule).emit()

@@ -1,0 +1,169 @@
+"""The runtime: owns buffers, checks inputs, calls the compiled driver.
+
+Buffers are allocated once per batch size and reused on every later call with that
+size, so a steady-state call allocates nothing. Parameters and optimizer state are
+arrays the caller owns; aliased outputs are written into them in place.
+
+>>> from graphc.ir import Graph, TensorType
+>>> g = Graph("double"); x = g.add_input(TensorType(("N",), "float64"), "x")
+>>> g.set_outputs([g.add("add", [x, x])])
+>>> exe = compile_graph(g)
+>>> exe.run({"x": [1.0, 2.0]})[0]
+array([2., 4.])
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from graphc.ir import BATCH, CompileError, InputError
+from graphc.ir.types import format_shape
+
+from .cache import load_module
+from .cpu import emit_cpu_source
+from .schedule import build_schedule
+
+MAX_BATCH_SIZES = 8   # buffer sets kept (least recently used dropped)
+
+
+class Executable:
+    """A compiled graph: ``run(inputs) -> outputs``, thread-safe."""
+
+    def __init__(self, graph, schedule, source, module, target="cpu"):
+        self.graph = graph
+        self.schedule = schedule
+        self.source = source
+        self.module = module
+        self.target = target
+        self.input_names = graph.input_names()
+        self.input_types = [graph.type_of(i) for i in graph.inputs]
+        self.roles = [graph.input_role(i) for i in graph.inputs]
+        self.label_classes = dict(graph.meta.get("label_classes", {}))
+        self._buffers: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.timings: dict = {}
+
+    @property
+    def kernel_count(self) -> int:
+        return sum(1 for k in self.schedule.kernels if k.kind != "view")
+
+    # --------------------------------------------------------------- inputs
+    def check_input(self, name, value, t):
+        if isinstance(value, np.ndarray) and value.dtype == t.dtype and value.flags.c_contiguous:
+            arr = value
+        else:
+            try:
+                arr = np.asarray(value)
+            except Exception as exc:  # ragged lists and the like
+                raise InputError(f"input {name!r}: cannot make an array of it ({exc})") from None
+            if t.dtype == "int64":
+                if arr.dtype.kind not in "iu":
+                    raise InputError(f"input {name!r}: expected integer labels, got dtype "
+                                     f"{arr.dtype}")
+            elif arr.dtype.kind not in "fiub":
+                raise InputError(f"input {name!r}: expected {t.dtype} numbers, got dtype "
+                                 f"{arr.dtype}")
+            arr = np.asarray(arr, dtype=t.dtype, order="C")  # (ascontiguousarray makes 0-d 1-d)
+        if arr.ndim != t.rank or any(d != BATCH and d != s for d, s in zip(t.shape, arr.shape)):
+            raise InputError(f"input {name!r}: expected shape {format_shape(t.shape)} "
+                             f"({t}), got {format_shape(arr.shape)}")
+        return arr
+
+    def prepare(self, inputs) -> tuple[list, int | None]:
+        if isinstance(inputs, dict):
+            missing = [n for n in self.input_names if n not in inputs]
+            if missing:
+                raise InputError(f"missing input(s) {missing} for graph {self.graph.name!r}")
+            inputs = [inputs[n] for n in self.input_names]
+        if len(inputs) != len(self.input_names):
+            raise InputError(f"graph {self.graph.name!r} takes {len(self.input_names)} inputs "
+                             f"{self.input_names}, got {len(inputs)}")
+        arrays, batch, batch_from = [], None, None
+        for name, value, t in zip(self.input_names, inputs, self.input_types):
+            arr = self.check_input(name, value, t)
+            for axis, d in enumerate(t.shape):
+                if d == BATCH:
+                    if batch is None:
+                        batch, batch_from = arr.shape[axis], name
+                    elif arr.shape[axis] != batch:
+                        raise InputError(f"input {name!r} has batch size {arr.shape[axis]} "
+                                         f"but {batch_from!r} has {batch}")
+            classes = self.label_classes.get(name)
+            if classes is not None and arr.size:
+                lo, hi = int(arr.min()), int(arr.max())
+                if lo < 0 or hi >= classes:
+                    bad = lo if lo < 0 else hi
+                    raise InputError(f"input {name!r}: label {bad} is out of range for "
+                                     f"{classes} classes (valid 0..{classes - 1})")
+            arrays.append(arr)
+        return arrays, batch
+
+    def buffers_for(self, batch):
+        bufs = self._buffers.get(batch)
+        if bufs is None:
+            g = self.graph
+            bufs = [np.empty(g.type_of(v).concrete(batch), dtype=g.type_of(v).dtype)
+                    for v in self.schedule.buffers]
+            bufs += [np.empty(g.type_of(g.outputs[i]).concrete(batch),
+                              dtype=g.type_of(g.outputs[i]).dtype)
+                     for i in sorted(self.schedule.out_copies)]
+            self._buffers[batch] = bufs
+            while len(self._buffers) > MAX_BATCH_SIZES:
+                self._buffers.popitem(last=False)
+        else:
+            self._buffers.move_to_end(batch)
+        return bufs
+
+    # --------------------------------------------------------------- run
+    def run(self, inputs, copy: bool = True):
+        """Run on ``inputs`` (list in input order or dict by name); returns the outputs.
+
+        With ``copy=False`` the outputs are the runtime's own buffers, overwritten by the
+        next call with the same batch size.
+        """
+        arrays, batch = self.prepare(inputs)
+        with self._lock:
+            bufs = self.buffers_for(batch)
+            self.module.run(*arrays, *bufs)
+            outs = self.collect(arrays, bufs)
+            if copy:
+                outs = [o.copy() for o in outs]
+        return outs
+
+    def collect(self, arrays, bufs):
+        g, s = self.graph, self.schedule
+        where = {}
+        for i, nid in enumerate(g.inputs):
+            where[nid] = arrays[i]
+        for v, b in zip(s.buffers, bufs):
+            where[v] = b
+        for v, target in list(s.inplace.items()) + list(s.copy_back.items()):
+            where[v] = where[target]
+        extra = bufs[len(s.buffers):]
+        outs = []
+        copies = dict(zip(sorted(s.out_copies), extra))
+        for idx, v in enumerate(g.outputs):
+            if idx in copies:
+                outs.append(copies[idx])
+            elif idx in g.aliases:
+                outs.append(arrays[g.aliases[idx]])
+            else:
+                outs.append(where[v])
+        return outs
+
+
+def compile_graph(graph, target: str = "cpu") -> Executable:
+    """Schedule, emit, cache and load ``graph``; compiled by Numba on first run."""
+    if target != "cpu":
+        raise CompileError(f"unknown target {target!r} for compile_graph; use 'cpu'")
+    t0 = time.perf_counter()
+    schedule = build_schedule(graph)
+    source = emit_cpu_source(graph, schedule)
+    t1 = time.perf_counter()
+    module = load_module(source, tag=graph.name)
+    exe = Executable(graph, schedule, source, module, target)
+    exe.timings = {"codegen": t1 - t0, "load": time.perf_counter() - t1}
+    return exe

@@ -1,0 +1,153 @@
+"""Kernels and their order: fusion groups (or single nodes) become kernels.
+
+A kernel is a ``loop`` (elementwise/broadcast nodes over one iteration space, all
+intermediates in registers), a ``template`` (one op with its own kernel template:
+matmul, reductions, losses), or a ``view`` (reshape: no kernel, a view in the driver).
+In-place updates (graph aliases) are decided here: an updated parameter is written
+into its own array when nothing reads the old value afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from graphc.ir import CompileError, FusionKind, get_op
+
+LOOP_KINDS = (FusionKind.ELEMWISE, FusionKind.BROADCAST)
+
+
+@dataclass
+class Kernel:
+    index: int
+    nodes: list            # node ids in evaluation order
+    inputs: list           # values read from outside the kernel
+    outputs: list          # values the kernel stores to memory
+    kind: str              # "loop" | "template" | "view"
+    name: str = ""
+
+
+@dataclass
+class Schedule:
+    kernels: list
+    # graph-output value -> input id whose array receives it (in place or by a final copy)
+    inplace: dict = field(default_factory=dict)
+    copy_back: dict = field(default_factory=dict)   # value -> input id copied at the end
+    views: set = field(default_factory=set)         # values that are views, not buffers
+    buffers: list = field(default_factory=list)     # values that need their own buffer
+    out_copies: dict = field(default_factory=dict)  # output index -> value copied into a buffer
+
+
+def _kernel_kind(graph, nodes) -> str:
+    ops = [get_op(graph.op_of(n)) for n in nodes]
+    if all(o.kind in LOOP_KINDS for o in ops):
+        return "loop"
+    if len(nodes) == 1:
+        return "view" if ops[0].view else "template"
+    custom = graph.meta.get("group_kinds", {})
+    group = graph.nx.nodes[nodes[0]].get("group")
+    if group in custom:
+        return custom[group]
+    names = ", ".join(f"%{n} {graph.op_of(n)}" for n in nodes)
+    raise CompileError(f"no code generator for a fused group of [{names}]")
+
+
+def _kernel_name(graph, index, nodes, kind):
+    ops = []
+    for n in nodes:
+        op = graph.op_of(n)
+        if op != "constant" and op not in ops:
+            ops.append(op)
+    label = "_".join(ops[:4]) + ("_etc" if len(ops) > 4 else "")
+    return f"k{index}_{label or 'fill'}"
+
+
+def build_schedule(graph) -> Schedule:
+    """Group nodes into kernels, order them, and plan in-place updates."""
+    members: dict = {}
+    for nid in graph.topo_order():
+        d = graph.nx.nodes[nid]
+        if d["op"] == "input":
+            continue
+        key = ("g", d["group"]) if d.get("group") is not None else ("n", nid)
+        members.setdefault(key, []).append(nid)
+    owner = {n: key for key, ns in members.items() for n in ns}
+    outputs = set(graph.outputs)
+
+    # targets of in-place updates: schedule their writers as late as possible
+    alias_value = {graph.outputs[o]: graph.inputs[i] for o, i in graph.aliases.items()}
+    kdag = nx.DiGraph()
+    kdag.add_nodes_from(members)
+    for key, ns in members.items():
+        for n in ns:
+            for a in graph.args_of(n):
+                if a in owner and owner[a] != key:
+                    kdag.add_edge(owner[a], key)
+    if not nx.is_directed_acyclic_graph(kdag):
+        raise CompileError("fusion groups form a cycle (a group is not convex)")
+    writes_inplace = {owner[v] for v in alias_value if v in owner}
+    order = list(nx.lexicographical_topological_sort(
+        kdag, key=lambda k: (k in writes_inplace, min(members[k]))))
+
+    kernels = []
+    for key in order:
+        ns = members[key]
+        nset = set(ns)
+        ins = []
+        for n in ns:
+            for a in graph.args_of(n):
+                if a not in nset and a not in ins:
+                    ins.append(a)
+        outs = [n for n in ns if n in outputs or any(u not in nset for u in graph.users(n))]
+        kind = _kernel_kind(graph, ns)
+        kernels.append(Kernel(len(kernels), ns, ins, outs, kind,
+                              _kernel_name(graph, len(kernels), ns, kind)))
+
+    sched = Schedule(kernels)
+    sched.views = {k.nodes[0] for k in kernels if k.kind == "view"}
+    position = {}
+    for k in kernels:
+        for n in k.nodes:
+            position[n] = k.index
+    readers = _readers_through_views(graph, sched.views, position)
+
+    for value, target in alias_value.items():
+        if value == target:
+            continue
+        k = kernels[position[value]] if value in position else None
+        ok = (k is not None and k.kind == "loop" and value not in sched.views
+              and graph.type_of(value) == graph.type_of(target)
+              and all(r <= k.index for r in readers.get(target, ()))
+              and sum(1 for v in alias_value if v == value) == 1)
+        if ok:
+            sched.inplace[value] = target
+        else:
+            sched.copy_back[value] = target
+
+    # every graph output needs memory the runtime can read after the call
+    for idx, value in enumerate(graph.outputs):
+        if value in graph.inputs or value in sched.views:
+            if idx not in graph.aliases:
+                sched.out_copies[idx] = value
+    sched.buffers = [n for k in kernels if k.kind != "view" for n in k.outputs
+                     if n not in sched.inplace]
+    return sched
+
+
+def _readers_through_views(graph, views, position) -> dict:
+    """value -> kernel indices that read it directly or through a chain of views."""
+    readers: dict = {}
+    for nid in graph.nx.nodes:
+        seen = set()
+        stack = [nid]
+        while stack:
+            v = stack.pop()
+            for u in graph.users(v):
+                if u in seen:
+                    continue
+                seen.add(u)
+                if u in views:
+                    stack.append(u)
+                elif u in position:
+                    readers.setdefault(nid, set()).add(position[u])
+    return readers

@@ -1,0 +1,31 @@
+"""graphc: a compiler for neural networks.
+
+>>> import graphc as gc
+>>> def f(x1, x2):
+...     return gc.log(x1) + x1 * x2 - gc.sin(x2)
+>>> round(float(gc.jit(f)(2.0, 5.0)), 4)
+11.6521
+"""
+from graphc.ir import (CompileError, DTypeError, GraphcError, GraphError, InputError,
+                       NumericError, OpError, ShapeError, SpecError)
+
+from . import datasets, functional, nn, optim
+from .compiled import CompiledModel, compile
+from .functional import (abs, amax, cos, exp, log, log_softmax, max, maximum, mean, minimum,
+                         relu, reshape, sigmoid, sin, softmax, softplus, sqrt, square, sum,
+                         tanh, transpose)
+from .jit import grad, jit, value_and_grad
+from .nn.module import manual_seed
+from .tracing import Tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "jit", "grad", "value_and_grad", "compile", "CompiledModel", "Tensor", "nn", "optim",
+    "functional", "datasets", "manual_seed",
+    "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu", "softplus", "sqrt", "abs",
+    "square", "maximum", "minimum", "sum", "mean", "max", "amax", "softmax", "log_softmax",
+    "reshape", "transpose",
+    "GraphcError", "ShapeError", "DTypeError", "OpError", "GraphError", "SpecError",
+    "InputError", "CompileError", "NumericError",
+]

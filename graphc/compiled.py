@@ -1,0 +1,302 @@
+"""``gc.compile``: a Module -> forward, gradient and training-step graphs -> native code.
+
+>>> import numpy as np, graphc as gc
+>>> net = gc.nn.Sequential(gc.nn.Linear(4, 8), gc.nn.ReLU(), gc.nn.Linear(8, 3))
+>>> m = gc.compile(net, input_shape=(None, 4), loss="cross_entropy",
+...                optimizer=gc.optim.SGD(lr=0.1), dtype="float64")
+>>> x, y = np.ones((5, 4)), np.array([0, 1, 2, 0, 1])
+>>> m(x).shape
+(5, 3)
+>>> loss = m.train_step(x, y)
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from graphc.codegen import compile_graph
+from graphc.ir import BATCH, CompileError, Graph, OpError, ShapeError, TensorType, format_graph
+from graphc.ir.types import dtype_name, format_shape
+from graphc.passes import add_gradients, apply_optimizer
+
+from . import functional as F
+from .nn.module import Module
+from .optim import Optimizer
+from .pipeline import optimize
+from .tracing import Tensor, as_tensor, tracing
+
+GRAPH_KINDS = ("forward", "loss", "gradients", "train")
+
+
+def _input_shape(shape) -> tuple:
+    if shape is None:
+        raise ShapeError("gc.compile needs input_shape, e.g. (None, 64) with None the batch")
+    shape = tuple(shape)
+    if not shape:
+        raise ShapeError("input_shape must have at least the batch dimension")
+    out = []
+    for i, d in enumerate(shape):
+        if d is None or d == BATCH or d == -1:
+            out.append(BATCH)
+        elif isinstance(d, (int, np.integer)) and d > 0:
+            out.append(int(d))
+        else:
+            raise ShapeError(f"input_shape {shape}: dimension {i} is {d!r}; use positive ints "
+                             f"and None for the batch")
+    return tuple(out)
+
+
+class CompiledModel:
+    """A model compiled to native code. See :func:`compile`."""
+
+    def __init__(self, module, input_shape, loss=None, optimizer=None, target="cpu",
+                 fuse=True, dtype="float32", check_finite=False):
+        if not isinstance(module, Module):
+            raise CompileError(f"gc.compile expects a gc.nn.Module, got {type(module).__name__}")
+        if target not in ("cpu", "cuda"):
+            raise CompileError(f"unknown target {target!r}; use 'cpu' or 'cuda'")
+        if target == "cuda":
+            raise CompileError("target='cuda' is not available in this build of graphc")
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise OpError(f"optimizer must be a gc.optim optimizer, got {optimizer!r}")
+        self.module = module
+        self.input_shape = _input_shape(input_shape)
+        self.dtype = dtype_name(dtype)
+        if self.dtype == "int64":
+            raise ShapeError("gc.compile dtype must be float32 or float64")
+        self.loss_name = loss
+        self.loss_fn = F.get_loss(loss) if loss is not None else None
+        self.optimizer = optimizer
+        self.target = target
+        self.fuse = fuse
+        self.check_finite = check_finite
+        for name, m in module.named_modules():
+            object.__setattr__(m, "_name", name or type(m).__name__)
+        self._params = {n: p.data.astype(self.dtype) for n, p in module.named_parameters()}
+        self._buffers = {n: b.data.astype(self.dtype) for n, b in module.named_buffers()}
+        self._state: dict = {}
+        self._graphs: dict = {}
+        self._managers: dict = {}
+        self._exes: dict = {}
+        self.timings: dict = {}
+        self._lr = np.array(optimizer.lr if optimizer else 0.0, dtype=self.dtype)
+        # trace everything now so shape errors surface at compile time
+        self._graph("forward")
+        if self.loss_fn is not None:
+            self._graph("gradients")
+            if optimizer is not None:
+                self._graph("train")
+
+    # ------------------------------------------------------------ tracing
+    def _trace(self, kind):
+        t0 = time.perf_counter()
+        g = Graph(kind)
+        g.meta["dtype"] = self.dtype
+        training = kind != "forward"
+        x_id = g.add_input(TensorType(self.input_shape, self.dtype), "x", "data")
+        with tracing(g, training=training) as ctx:
+            params = []
+            for name, p in self.module.named_parameters():
+                pid = g.add_input(TensorType(p.data.shape, self.dtype), name, "param")
+                ctx.bound[id(p)] = pid
+                params.append((name, pid))
+            buffers = []
+            for name, b in self.module.named_buffers():
+                bid = g.add_input(TensorType(b.data.shape, self.dtype), name, "state")
+                ctx.bound[id(b)] = bid
+                buffers.append((name, id(b), bid))
+            was_training = self.module.training
+            self.module.train(training)
+            try:
+                out = as_tensor(self.module(Tensor(g, x_id)))
+            finally:
+                self.module.train(was_training)
+            if kind == "forward":
+                g.set_outputs([out.id], ["output"])
+            else:
+                y_id = self._label_input(g, out)
+                loss = as_tensor(self.loss_fn(out, Tensor(g, y_id)))
+                if loss.type.rank != 0:
+                    raise ShapeError(f"loss {self.loss_name!r} must give a scalar, got "
+                                     f"{format_shape(loss.shape)}")
+                outputs, names = [loss.id], ["loss"]
+                if kind in ("gradients", "train"):
+                    grads = add_gradients(g, loss.id, [pid for _, pid in params])
+                    if kind == "gradients":
+                        outputs += grads
+                        names += [f"grad.{n}" for n, _ in params]
+                    else:
+                        new, new_names, targets = apply_optimizer(
+                            g, self.optimizer.rule, self.optimizer.hyper(),
+                            [(n, pid, gid) for (n, pid), gid in zip(params, grads)])
+                        aliases = {}
+                        for value, name, target in zip(new, new_names, targets):
+                            aliases[len(outputs)] = g.inputs.index(target)
+                            outputs.append(value)
+                            names.append(name)
+                        for name, key, bid in buffers:
+                            if key in ctx.buffer_updates:
+                                aliases[len(outputs)] = g.inputs.index(bid)
+                                outputs.append(ctx.buffer_updates[key])
+                                names.append(name)
+                        g.aliases = aliases
+                g.set_outputs(outputs, names)
+        self.timings[f"trace.{kind}"] = time.perf_counter() - t0
+        return g
+
+    def _label_input(self, g, out):
+        if self.loss_name in F.CLASS_LABEL_LOSSES:
+            if out.ndim != 2:
+                raise ShapeError(f"loss {self.loss_name!r} needs model output (N, classes), "
+                                 f"got {format_shape(out.shape)}")
+            y = g.add_input(TensorType((out.shape[0],), "int64"), "y", "label")
+            g.meta["label_classes"] = {"y": out.shape[1]}
+            return y
+        return g.add_input(TensorType(out.shape, self.dtype), "y", "label")
+
+    def _graph(self, kind, raw=False):
+        if kind not in GRAPH_KINDS:
+            raise OpError(f"unknown graph {kind!r}; one of {GRAPH_KINDS}")
+        if kind != "forward" and self.loss_fn is None:
+            raise CompileError(f"the {kind!r} graph needs a loss: gc.compile(..., loss=...)")
+        if kind == "train" and self.optimizer is None:
+            raise CompileError("train_step needs an optimizer: gc.compile(..., optimizer=...)")
+        if raw:
+            return self._trace(kind)
+        if kind not in self._graphs:
+            g = self._trace(kind)
+            t0 = time.perf_counter()
+            g, pm = optimize(g, fuse=self.fuse)
+            self.timings[f"passes.{kind}"] = time.perf_counter() - t0
+            self._graphs[kind], self._managers[kind] = g, pm
+        return self._graphs[kind]
+
+    def _exe(self, kind):
+        exe = self._exes.get(kind)
+        if exe is None:
+            exe = compile_graph(self._graph(kind), target=self.target)
+            self._exes[kind] = exe
+        return exe
+
+    def _inputs(self, kind, x, y=None):
+        g = self._graph(kind)
+        vals = []
+        for nid in g.inputs:
+            name = g.nx.nodes[nid]["name"]
+            role = g.input_role(nid)
+            if role == "data":
+                vals.append(x)
+            elif role == "label":
+                vals.append(y)
+            elif role == "param":
+                vals.append(self._params[name])
+            elif role == "hyper":
+                self._lr[()] = self.optimizer.lr
+                vals.append(self._lr)
+            elif name in self._buffers:
+                vals.append(self._buffers[name])
+            else:
+                if name not in self._state:
+                    self._state[name] = np.zeros(g.type_of(nid).shape, dtype=self.dtype)
+                vals.append(self._state[name])
+        return vals
+
+    def _run(self, kind, x, y=None, copy=True):
+        exe = self._exe(kind)
+        if kind != "forward" and y is None:
+            raise ShapeError(f"{kind} needs labels y")
+        t0 = time.perf_counter()
+        outs = exe.run(self._inputs(kind, x, y), copy=copy)
+        if f"first_run.{kind}" not in self.timings:
+            self.timings[f"first_run.{kind}"] = time.perf_counter() - t0
+        return outs
+
+    # ------------------------------------------------------------ public API
+    def __call__(self, x):
+        """Forward pass (eval mode): NumPy in, NumPy out."""
+        return self._run("forward", x)[0]
+
+    def loss(self, x, y) -> float:
+        return float(self._run("gradients", x, y, copy=False)[0])
+
+    def train_step(self, x, y) -> float:
+        """Forward, backward and optimizer update in one native call; returns the loss."""
+        outs = self._run("train", x, y, copy=False)
+        return float(outs[0])
+
+    def gradients(self, x, y) -> dict:
+        """``{parameter name: gradient}`` at the current parameters; nothing is updated."""
+        outs = self._run("gradients", x, y)
+        names = [n for n, _ in self.module.named_parameters()]
+        return dict(zip(names, outs[1:]))
+
+    def parameters(self) -> dict:
+        """``{name: array}`` with PyTorch names and layouts (copies)."""
+        return {n: a.copy() for n, a in self._params.items()}
+
+    def buffers(self) -> dict:
+        return {n: a.copy() for n, a in self._buffers.items()}
+
+    def optimizer_state(self) -> dict:
+        return {n: a.copy() for n, a in self._state.items()}
+
+    def load_parameters(self, state: dict, strict: bool = True):
+        """Load a ``{name: array}`` dict, e.g. a PyTorch ``state_dict`` converted to NumPy."""
+        state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+                 for k, v in state.items()}
+        known = set(self._params) | set(self._buffers)
+        extra = sorted(set(state) - known - {k for k in state if k.endswith("num_batches_tracked")})
+        missing = sorted(set(self._params) - set(state))
+        if strict and (extra or missing):
+            raise ShapeError(f"load_parameters: missing {missing}, unexpected {extra}")
+        for name, value in state.items():
+            target = self._params.get(name, self._buffers.get(name))
+            if target is None:
+                continue
+            arr = np.asarray(value)
+            if arr.shape != target.shape:
+                raise ShapeError(f"load_parameters: {name} has shape {format_shape(arr.shape)}, "
+                                 f"the model expects {format_shape(target.shape)}")
+            target[...] = arr   # in place: compiled steps keep using the same arrays
+
+    def set_lr(self, lr: float):
+        """Change the learning rate; no recompilation (it is a run-time input)."""
+        self.optimizer.lr = float(lr)
+
+    def ir(self, graph: str = "train", after: str | None = None) -> str:
+        """The IR as text: ``graph`` in forward|loss|gradients|train, after pass ``after``
+        (``None`` = after the whole pipeline, ``"input"`` = as traced)."""
+        if after is None:
+            return format_graph(self._graph(graph))
+        g = self._graph(graph, raw=True)
+        _, pm = optimize(g, fuse=self.fuse, snapshot=after)
+        if after not in pm.snapshots:
+            names = ["input"] + [r.name for r in pm.records]
+            raise OpError(f"unknown pass {after!r}; one of {names}")
+        return pm.snapshots[after]
+
+    def pass_report(self, graph: str = "train") -> str:
+        self._graph(graph)
+        return self._managers[graph].report()
+
+    @property
+    def source(self) -> str:
+        """The emitted Numba source of the training step (or the forward pass)."""
+        kind = "train" if self.optimizer is not None and self.loss_fn is not None else "forward"
+        return self._exe(kind).source
+
+    def kernel_count(self, graph: str = "train") -> int:
+        return self._exe(graph).kernel_count
+
+
+def compile(module, input_shape=None, loss=None, optimizer=None, target="cpu", fuse=True,  # noqa: A001
+            dtype="float32", check_finite=False) -> CompiledModel:
+    """Compile a :class:`gc.nn.Module` for inference and (with loss/optimizer) training.
+
+    >>> import graphc as gc
+    >>> m = gc.compile(gc.nn.Linear(3, 2), input_shape=(None, 3))
+    >>> m(np.ones((4, 3))).shape
+    (4, 2)
+    """
+    return CompiledModel(module, input_shape, loss, optimizer, target, fuse, dtype, check_finite)

@@ -1,0 +1,314 @@
+"""Tracing: Python code on :class:`Tensor` values records IR nodes into a graph.
+
+Tracing runs the user's function once on symbolic tensors; every operation adds a node
+(hash-consed, so repeated expressions are shared). Module parameters and buffers are
+looked up in the active trace so ``self.weight`` inside ``forward`` becomes the graph
+input named ``fc1.weight``.
+
+>>> from graphc.tracing import trace_function
+>>> g = trace_function(lambda x: x * 2 + 1, [((3,), "float64")])
+>>> [n.op for n in g.nodes()][1:]
+['constant', 'mul', 'constant', 'add']
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+from graphc.ir import BATCH, Graph, ShapeError, TensorType
+from graphc.ir.types import format_shape
+
+_STATE = threading.local()
+
+
+class TraceContext:
+    def __init__(self, graph: Graph, training: bool = False):
+        self.graph = graph
+        self.training = training
+        self.bound: dict = {}          # id(Parameter or buffer holder) -> node id
+        self.buffer_updates: dict = {}  # buffer name -> node id
+        self.rng_counter = 0
+        self.scope: list[str] = []      # names of the modules being called, innermost last
+
+
+def current() -> TraceContext:
+    ctx = getattr(_STATE, "ctx", None)
+    if ctx is None:
+        raise ShapeError("graphc operations on parameters need an active trace: call the model "
+                         "through gc.compile / gc.jit, not directly")
+    return ctx
+
+
+def active() -> TraceContext | None:
+    return getattr(_STATE, "ctx", None)
+
+
+@contextmanager
+def tracing(graph: Graph, training: bool = False):
+    prev = getattr(_STATE, "ctx", None)
+    _STATE.ctx = TraceContext(graph, training)
+    try:
+        yield _STATE.ctx
+    finally:
+        _STATE.ctx = prev
+
+
+class TensorOps:
+    """Operators shared by :class:`Tensor` and ``nn.Parameter``; ``_t()`` gives the Tensor."""
+
+    __array_priority__ = 1000   # so ndarray (op) Tensor defers to us
+
+    def _t(self) -> "Tensor":
+        raise NotImplementedError
+
+    def __add__(self, o): return _binary("add", self, o)
+    def __radd__(self, o): return _binary("add", o, self)
+    def __sub__(self, o): return _binary("sub", self, o)
+    def __rsub__(self, o): return _binary("sub", o, self)
+    def __mul__(self, o): return _binary("mul", self, o)
+    def __rmul__(self, o): return _binary("mul", o, self)
+    def __truediv__(self, o): return _binary("div", self, o)
+    def __rtruediv__(self, o): return _binary("div", o, self)
+    def __neg__(self): return self._t()._unary("neg")
+    def __pos__(self): return self._t()
+
+    def __pow__(self, p):
+        if isinstance(p, (int, float)):
+            return self._t()._unary("pow", {"exponent": float(p)})
+        raise ShapeError("only constant exponents are supported: x ** 2.0, not x ** tensor")
+
+    def __matmul__(self, o): return matmul(self, o)
+    def __rmatmul__(self, o): return matmul(o, self)
+    def __gt__(self, o): return _binary("gt", self, o)
+    def __ge__(self, o): return _binary("ge", self, o)
+    def __lt__(self, o): return _binary("lt", self, o)
+    def __le__(self, o): return _binary("le", self, o)
+
+    @property
+    def shape(self): return self._t().type.shape
+
+    @property
+    def dtype(self): return self._t().type.dtype
+
+    @property
+    def ndim(self): return self._t().type.rank
+
+    @property
+    def T(self): return self._t().transpose()
+
+    def size(self, dim=None):
+        shape = self.shape
+        return shape if dim is None else shape[dim]
+
+    def dim(self): return self.ndim
+
+    def exp(self): return self._t()._unary("exp")
+    def log(self): return self._t()._unary("log")
+    def sin(self): return self._t()._unary("sin")
+    def cos(self): return self._t()._unary("cos")
+    def tanh(self): return self._t()._unary("tanh")
+    def sigmoid(self): return self._t()._unary("sigmoid")
+    def relu(self): return self._t()._unary("relu")
+    def sqrt(self): return self._t()._unary("sqrt")
+    def abs(self): return self._t()._unary("abs")
+
+    def sum(self, dim=None, keepdim=False): return reduce("reduce_sum", self, dim, keepdim)
+    def mean(self, dim=None, keepdim=False): return reduce("reduce_mean", self, dim, keepdim)
+    def amax(self, dim=None, keepdim=False): return reduce("reduce_max", self, dim, keepdim)
+    max = amax
+
+    def transpose(self, *perm):
+        t = self._t()
+        if len(perm) == 2 and t.ndim != 2:      # torch's transpose(dim0, dim1)
+            axes = list(range(t.ndim))
+            a, b = (p % t.ndim for p in perm)
+            axes[a], axes[b] = axes[b], axes[a]
+            perm = tuple(axes)
+        elif len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+            perm = tuple(perm[0])
+        elif len(perm) == 2 and t.ndim == 2:
+            perm = (1, 0) if perm[0] % 2 != perm[1] % 2 else (0, 1)
+        return t._new("transpose", [t], {"perm": tuple(perm) if perm else None})
+
+    def permute(self, *perm): return self.transpose(tuple(perm[0]) if len(perm) == 1 else perm)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        t = self._t()
+        target = resolve_reshape(t.type.shape, shape)
+        if target == t.type.shape:
+            return t
+        return t._new("reshape", [t], {"shape": target})
+
+    view = reshape
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        shape = self.shape
+        s, e = start_dim % len(shape), end_dim % len(shape)
+        merged = shape[s:e + 1]
+        if BATCH in merged and len(merged) > 1:
+            raise ShapeError(f"cannot flatten the batch dimension of {format_shape(shape)} "
+                             f"into other dimensions")
+        size = BATCH if BATCH in merged else int(np.prod(merged))
+        return self.reshape(shape[:s] + (size,) + shape[e + 1:])
+
+    def unsqueeze(self, dim):
+        shape = list(self.shape)
+        dim = dim % (len(shape) + 1)
+        return self.reshape(tuple(shape[:dim] + [1] + shape[dim:]))
+
+    def squeeze(self, dim=None):
+        shape = self.shape
+        if dim is None:
+            return self.reshape(tuple(d for d in shape if d != 1))
+        dim = dim % len(shape)
+        return self.reshape(shape[:dim] + shape[dim + 1:]) if shape[dim] == 1 else self._t()
+
+    def expand(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        t = self._t()
+        full = tuple(t.shape[i - len(shape) + t.ndim] if d == -1 else d
+                     for i, d in enumerate(shape))
+        return t._new("broadcast_to", [t], {"shape": full})
+
+    broadcast_to = expand
+
+
+class Tensor(TensorOps):
+    """A symbolic value in the graph being traced."""
+
+    __slots__ = ("graph", "id")
+
+    def __init__(self, graph: Graph, nid: int):
+        self.graph = graph
+        self.id = nid
+
+    def _t(self):
+        return self
+
+    @property
+    def type(self) -> TensorType:
+        return self.graph.type_of(self.id)
+
+    def _new(self, op, args, attrs=None, name=None) -> "Tensor":
+        if name is None:
+            ctx = active()
+            name = ctx.scope[-1] if ctx is not None and ctx.scope else None
+        return Tensor(self.graph, self.graph.add(op, [a.id for a in args], attrs, name))
+
+    def _unary(self, op, attrs=None):
+        return self._new(op, [self], attrs)
+
+    def __repr__(self):
+        return f"Tensor(%{self.id}: {self.type})"
+
+    def __bool__(self):
+        raise ShapeError("a traced Tensor has no truth value: graphc traces straight-line "
+                         "code (use gc.maximum / comparisons as values instead of `if`)")
+
+    def __array__(self, *a, **k):
+        raise ShapeError("a traced Tensor cannot become a NumPy array during tracing")
+
+
+def as_tensor(value, like: Tensor | None = None) -> Tensor:
+    """Lift a Tensor, Parameter, or Python number (as a rank-0 constant) into the trace."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, TensorOps):
+        return value._t()
+    if isinstance(value, (bool, int, float, np.floating, np.integer)) or \
+            (isinstance(value, np.ndarray) and value.ndim == 0):
+        graph = like.graph if like is not None else current().graph
+        dtype = like.type.dtype if like is not None else graph.meta.get("dtype", "float32")
+        if dtype == "int64":
+            dtype = graph.meta.get("dtype", "float32")
+        return Tensor(graph, graph.constant(float(value), dtype))
+    if isinstance(value, np.ndarray):
+        raise ShapeError(f"a NumPy array of shape {value.shape} was used inside a traced "
+                         f"function; pass it as an argument (gc.jit traces arguments only)")
+    raise ShapeError(f"cannot use a {type(value).__name__} in a graphc expression")
+
+
+def _binary(op, a, b) -> Tensor:
+    like = a._t() if isinstance(a, TensorOps) else b._t()
+    ta, tb = as_tensor(a, like), as_tensor(b, like)
+    return like._new(op, [ta, tb])
+
+
+def matmul(a, b) -> Tensor:
+    ta, tb = as_tensor(a), as_tensor(b)
+    if ta.ndim == 1 and tb.ndim == 2:
+        return matmul(ta.reshape(1, -1), tb).reshape(-1)
+    if ta.ndim == 2 and tb.ndim == 1:
+        return matmul(ta, tb.reshape(-1, 1)).reshape(-1)
+    # fold explicit transposes into the matmul's flags: no copy
+    flags = {"ta": False, "tb": False}
+    ops = []
+    for key, t in (("ta", ta), ("tb", tb)):
+        node = t.graph.node(t.id)
+        if node.op == "transpose" and t.ndim == 2 and node.attrs["perm"] in (None, (1, 0)):
+            flags[key] = True
+            t = Tensor(t.graph, node.args[0])
+        ops.append(t)
+    return ops[0]._new("matmul", ops, flags)
+
+
+def reduce(op, x, dim, keepdim) -> Tensor:
+    t = as_tensor(x)
+    if dim is None:
+        axes = tuple(range(t.ndim))
+    else:
+        dims = (dim,) if isinstance(dim, int) else tuple(dim)
+        for d in dims:
+            if not -t.ndim <= d < t.ndim:
+                raise ShapeError(f"{op}: dim {d} is out of range for shape {format_shape(t.shape)}")
+        axes = tuple(sorted(d % t.ndim for d in dims))
+    return t._new(op, [t], {"axes": axes, "keepdims": bool(keepdim)})
+
+
+def resolve_reshape(src: tuple, shape) -> tuple:
+    """Resolve ``-1`` and the batch symbol in a reshape target, PyTorch style."""
+    shape = tuple(BATCH if d == BATCH or d is None else int(d) for d in shape)
+    src_t = TensorType(src)
+    factor, power = src_t.numel_static()
+    known = [d for d in shape if d not in (-1, BATCH)]
+    known_factor = int(np.prod(known)) if known else 1
+    n_batch = sum(1 for d in shape if d == BATCH)
+    if shape.count(-1) > 1:
+        raise ShapeError(f"view {shape}: only one dimension can be -1")
+    if -1 in shape:
+        fill_batch = power - n_batch
+        if fill_batch not in (0, 1) or known_factor == 0 or factor % known_factor:
+            raise ShapeError(f"cannot view {format_shape(src)} as {shape}: the sizes do not divide")
+        rest = factor // known_factor
+        if fill_batch == 1:
+            if rest != 1:
+                raise ShapeError(f"cannot view {format_shape(src)} as {shape}: -1 would mix the "
+                                 f"batch dimension with {rest} features")
+            shape = tuple(BATCH if d == -1 else d for d in shape)
+        else:
+            shape = tuple(rest if d == -1 else d for d in shape)
+    if TensorType(shape).numel_static() != (factor, power):
+        raise ShapeError(f"cannot view {format_shape(src)} as {format_shape(shape)}: "
+                         f"the sizes differ")
+    return shape
+
+
+def trace_function(fn, arg_types, names=None, dtype="float64"):
+    """Trace ``fn`` on inputs of ``[(shape, dtype), ...]``; returns the graph."""
+    graph = Graph(getattr(fn, "__name__", "fn").strip("<>") or "fn")
+    graph.meta["dtype"] = dtype
+    names = names or [f"x{i}" for i in range(len(arg_types))]
+    with tracing(graph):
+        args = [Tensor(graph, graph.add_input(TensorType(s, d), n))
+                for (s, d), n in zip(arg_types, names)]
+        out = fn(*args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    ids = [as_tensor(o, args[0] if args else None).id for o in outs]
+    graph.set_outputs(ids)
+    graph.meta["multi_output"] = isinstance(out, (tuple, list))
+    return graph

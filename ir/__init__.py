@@ -1,0 +1,20 @@
+"""graphc.ir: the computation graph, its types, the op registry, verifier and printers.
+
+``ir`` depends on nothing else in graphc; passes and code generators build on it.
+"""
+from .errors import (GraphcError, ShapeError, DTypeError, OpError, GraphError,
+                     SpecError, InputError, CompileError, NumericError)
+from .types import TensorType, BATCH, DTYPES, dtype_name, numpy_dtype
+from .registry import OpDef, register, get_op, all_ops, FusionKind
+from . import ops as _ops  # noqa: F401  (registers the built-in ops)
+from .graph import Graph, Node
+from .verify import verify
+from .printer import format_graph
+from .interpreter import interpret
+
+__all__ = [
+    "GraphcError", "ShapeError", "DTypeError", "OpError", "GraphError", "SpecError",
+    "InputError", "CompileError", "NumericError", "TensorType", "BATCH", "DTYPES",
+    "dtype_name", "numpy_dtype", "OpDef", "register", "get_op", "all_ops", "FusionKind",
+    "Graph", "Node", "verify", "format_graph", "interpret",
+]

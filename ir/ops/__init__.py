@@ -1,0 +1,2 @@
+"""Built-in op declarations. Importing this package registers them all."""
+from . import core, elementwise, shape, reduce, linalg, nn  # noqa: F401

@@ -1,0 +1,108 @@
+"""Graph leaves and small utility ops: input, constant, shape_size, one_hot, cast."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..registry import REQUIRED, FusionKind, OpDef, Sample, register
+from ..types import BATCH, TensorType
+
+
+def _no_infer(types, attrs):
+    raise ShapeError("graph inputs are created with Graph.add_input, not Graph.add")
+
+
+register(OpDef(
+    name="input", infer=_no_infer, impl=None, kind=FusionKind.OPAQUE,
+    attrs={"role": "data"}, arity=0, differentiable=False,
+    doc="A graph input: data, labels, parameters, optimizer state or hyper-parameters."))
+
+
+def _const_infer(types, attrs):
+    return TensorType(attrs["shape"], attrs["dtype"])
+
+
+register(OpDef(
+    name="constant", infer=_const_infer, kind=FusionKind.ELEMWISE, arity=0,
+    impl=lambda xs, a, shape: np.full(shape, a["value"], dtype=a["dtype"]),
+    scalar=lambda args, a, lit: lit(a["value"]),
+    attrs={"value": REQUIRED, "shape": (), "dtype": "float32"}, differentiable=False,
+    samples=(Sample(shapes=(), attrs={"value": 1.5, "shape": (2, 3), "dtype": "float64"}),),
+    doc="A tensor of a static shape (may contain N) filled with one value."))
+
+
+def _size_infer(types, attrs):
+    (x,) = types
+    for a in attrs["axes"]:
+        if not 0 <= a < x.rank:
+            raise ShapeError(f"axis {a} out of range for rank {x.rank}")
+    return TensorType((), attrs["dtype"])
+
+
+def _size_impl(xs, a, shape):
+    return np.array(np.prod([xs[0].shape[i] for i in a["axes"]]), dtype=a["dtype"])
+
+
+def _size_kernel(ctx):
+    size = " * ".join(f"{ctx.args[0]}.shape[{i}]" for i in ctx.attrs["axes"]) or "1"
+    ctx.emit(f"{ctx.out}[()] = {size}")
+
+
+register(OpDef(
+    name="shape_size", infer=_size_infer, impl=_size_impl, kind=FusionKind.OPAQUE,
+    kernel=_size_kernel, arity=1, attrs={"axes": (0,), "dtype": "float32"},
+    differentiable=False,
+    samples=(Sample(shapes=((3, 4),), attrs={"axes": (0, 1), "dtype": "float64"}),),
+    doc="The run-time product of the operand's sizes along ``axes`` (e.g. the batch size)."))
+
+
+def _one_hot_infer(types, attrs):
+    (y,) = types
+    if y.dtype != "int64" or y.rank != 1:
+        raise ShapeError(f"one_hot needs int64 labels of rank 1, got {y}")
+    return TensorType((y.shape[0], attrs["num_classes"]), attrs["dtype"])
+
+
+def _one_hot_impl(xs, a, shape):
+    out = np.zeros(shape, dtype=a["dtype"])
+    out[np.arange(shape[0]), xs[0]] = 1
+    return out
+
+
+def _one_hot_kernel(ctx):
+    y, out = ctx.args[0], ctx.out
+    ctx.emit(f"for i in range({out}.shape[0]):")
+    ctx.emit(f"    for j in range({out}.shape[1]):")
+    ctx.emit(f"        {out}[i, j] = {ctx.lit(0.0)}")
+    ctx.emit(f"    {out}[i, {y}[i]] = {ctx.lit(1.0)}")
+
+
+register(OpDef(
+    name="one_hot", infer=_one_hot_infer, impl=_one_hot_impl, kind=FusionKind.OPAQUE,
+    kernel=_one_hot_kernel, arity=1,
+    attrs={"num_classes": REQUIRED, "dtype": "float32"}, differentiable=False,
+    samples=(Sample(shapes=((5,),), attrs={"num_classes": 4, "dtype": "float64"},
+                    domains=("labels:4",)),),
+    doc="Rows of the identity: one_hot(y)[i, y[i]] = 1."))
+
+
+def _cast_infer(types, attrs):
+    return types[0].with_dtype(attrs["dtype"])
+
+
+def _cast_vjp(g, node, grad):
+    (x,) = node.args
+    if g.type_of(x).dtype == "int64":
+        return [None]
+    return [g.add("cast", [grad], {"dtype": g.type_of(x).dtype})]
+
+
+register(OpDef(
+    name="cast", infer=_cast_infer, kind=FusionKind.ELEMWISE, arity=1,
+    impl=lambda xs, a, shape: xs[0].astype(a["dtype"]),
+    scalar=lambda args, a, lit: f"np.{a['dtype']}({args[0]})",
+    vjp=_cast_vjp, attrs={"dtype": REQUIRED},
+    samples=(Sample(shapes=((3, 2),), attrs={"dtype": "float64"}),),
+    doc="Convert to another dtype."))
+
+__all__ = ["BATCH"]

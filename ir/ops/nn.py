@@ -1,0 +1,222 @@
+"""Softmax family and losses (mean reduction, as PyTorch's defaults)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..registry import FusionKind, OpDef, Sample, register
+from ..types import TensorType, format_shape
+from ._util import batch_size_of, float_dtype, loop_nest, scalar
+
+LOG_CLAMP = -100.0     # torch's binary_cross_entropy clamps log() at -100
+BCE_EPS = 1e-12        # and its gradient's denominator at 1e-12
+
+
+def _last_axis_infer(name):
+    def infer(types, attrs):
+        (x,) = types
+        float_dtype(x, name)
+        if x.rank < 1:
+            raise ShapeError(f"{name} needs rank >= 1")
+        if attrs["axis"] not in (-1, x.rank - 1):
+            raise ShapeError(f"{name} runs over the last axis only (got axis {attrs['axis']} "
+                             f"of rank {x.rank}); transpose first")
+        return x
+    return infer
+
+
+def _np_log_softmax(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+def _row_loops(ctx, x):
+    """Loops over all axes but the last; returns (row index prefix, depth)."""
+    rank = ctx.in_types[0].rank
+    idx, depth = loop_nest(ctx, x, rank - 1)
+    prefix = (idx + ", ") if rank > 1 else ""
+    return prefix, depth, rank - 1
+
+
+def _softmax_kernel(log):
+    def kernel(ctx):
+        x, out = ctx.args[0], ctx.out
+        pre, d, last = _row_loops(ctx, x)
+        ind = "    " * d
+        ctx.emit(f"{ind}m = -np.inf")
+        ctx.emit(f"{ind}for j in range({x}.shape[{last}]):")
+        ctx.emit(f"{ind}    m = max(m, {x}[{pre}j])")
+        ctx.emit(f"{ind}s = {ctx.lit(0.0)}")
+        ctx.emit(f"{ind}for j in range({x}.shape[{last}]):")
+        if log:
+            ctx.emit(f"{ind}    s += math.exp({x}[{pre}j] - m)")
+            ctx.emit(f"{ind}shift = m + math.log(s)")
+            ctx.emit(f"{ind}for j in range({x}.shape[{last}]):")
+            ctx.emit(f"{ind}    {out}[{pre}j] = {x}[{pre}j] - shift")
+        else:
+            ctx.emit(f"{ind}    e = math.exp({x}[{pre}j] - m)")
+            ctx.emit(f"{ind}    {out}[{pre}j] = e")
+            ctx.emit(f"{ind}    s += e")
+            ctx.emit(f"{ind}inv = {ctx.lit(1.0)} / s")
+            ctx.emit(f"{ind}for j in range({x}.shape[{last}]):")
+            ctx.emit(f"{ind}    {out}[{pre}j] *= inv")
+    return kernel
+
+
+def _softmax_vjp(g, node, grad):
+    s = node.id
+    dot = g.add("reduce_sum", [g.add("mul", [grad, s])], {"axes": (len(node.shape) - 1,),
+                                                         "keepdims": True})
+    return [g.add("mul", [s, g.add("sub", [grad, dot])])]
+
+
+def _log_softmax_vjp(g, node, grad):
+    total = g.add("reduce_sum", [grad], {"axes": (len(node.shape) - 1,), "keepdims": True})
+    return [g.add("sub", [grad, g.add("mul", [g.add("exp", [node.id]), total])])]
+
+
+_ROW_SAMPLES = (Sample(shapes=((3, 5),)), Sample(shapes=((2, 3, 4),)), Sample(shapes=((6,),)))
+
+register(OpDef(
+    name="softmax", infer=_last_axis_infer("softmax"), kind=FusionKind.REDUCTION, arity=1,
+    impl=lambda xs, a, shape: np.exp(_np_log_softmax(xs[0])).astype(xs[0].dtype),
+    kernel=_softmax_kernel(log=False), vjp=_softmax_vjp, attrs={"axis": -1},
+    samples=_ROW_SAMPLES, doc="exp(x) / sum(exp(x)) over the last axis, max-shifted."))
+
+register(OpDef(
+    name="log_softmax", infer=_last_axis_infer("log_softmax"), kind=FusionKind.REDUCTION,
+    arity=1, impl=lambda xs, a, shape: _np_log_softmax(xs[0]).astype(xs[0].dtype),
+    kernel=_softmax_kernel(log=True), vjp=_log_softmax_vjp, attrs={"axis": -1},
+    samples=_ROW_SAMPLES, doc="x - logsumexp(x) over the last axis."))
+
+
+def _class_loss_infer(name):
+    def infer(types, attrs):
+        x, y = types
+        float_dtype(x, name)
+        if x.rank != 2:
+            raise ShapeError(f"{name} needs logits of shape (batch, classes), got "
+                             f"{format_shape(x.shape)}")
+        if y.dtype != "int64" or y.rank != 1:
+            raise ShapeError(f"{name} needs int64 class labels of shape (batch,), got {y}")
+        if y.shape[0] != x.shape[0]:
+            raise ShapeError(f"{name}: {format_shape(x.shape)} logits but "
+                             f"{format_shape(y.shape)} labels")
+        return TensorType((), x.dtype)
+    return infer
+
+
+def _np_softmax_ce(xs, a, shape):
+    x, y = xs
+    lp = _np_log_softmax(x)
+    return np.asarray(-np.mean(lp[np.arange(len(y)), y]), dtype=x.dtype)
+
+
+def _softmax_ce_kernel(ctx):
+    x, y, out = ctx.args[0], ctx.args[1], ctx.out
+    ctx.emit(f"total = {ctx.lit(0.0)}")
+    ctx.emit(f"for i in range({x}.shape[0]):")
+    ctx.emit(f"    m = -np.inf")
+    ctx.emit(f"    for j in range({x}.shape[1]):")
+    ctx.emit(f"        m = max(m, {x}[i, j])")
+    ctx.emit(f"    s = {ctx.lit(0.0)}")
+    ctx.emit(f"    for j in range({x}.shape[1]):")
+    ctx.emit(f"        s += math.exp({x}[i, j] - m)")
+    ctx.emit(f"    total += m + math.log(s) - {x}[i, {y}[i]]")
+    ctx.emit(f"{out}[()] = total / {x}.shape[0]")
+
+
+def _class_grad_scale(g, node, grad):
+    return g.add("div", [grad, batch_size_of(g, node.args[0])])
+
+
+def _softmax_ce_vjp(g, node, grad):
+    x, y = node.args
+    classes = g.type_of(x).shape[1]
+    onehot = g.add("one_hot", [y], {"num_classes": classes, "dtype": node.dtype})
+    diff = g.add("sub", [g.add("softmax", [x]), onehot])
+    return [g.add("mul", [diff, _class_grad_scale(g, node, grad)]), None]
+
+
+def _nll_kernel(ctx):
+    x, y, out = ctx.args[0], ctx.args[1], ctx.out
+    ctx.emit(f"total = {ctx.lit(0.0)}")
+    ctx.emit(f"for i in range({x}.shape[0]):")
+    ctx.emit(f"    total -= {x}[i, {y}[i]]")
+    ctx.emit(f"{out}[()] = total / {x}.shape[0]")
+
+
+def _nll_vjp(g, node, grad):
+    x, y = node.args
+    classes = g.type_of(x).shape[1]
+    onehot = g.add("one_hot", [y], {"num_classes": classes, "dtype": node.dtype})
+    return [g.add("mul", [onehot, g.add("neg", [_class_grad_scale(g, node, grad)])]), None]
+
+
+_CE_SAMPLES = (Sample(shapes=((5, 4), (5,)), domains=("real", "labels:4"), batch_dims=(0, 0)),
+               Sample(shapes=((1, 3), (1,)), domains=("real", "labels:3")))
+
+register(OpDef(
+    name="softmax_cross_entropy", infer=_class_loss_infer("softmax_cross_entropy"),
+    kind=FusionKind.REDUCTION, arity=2, impl=_np_softmax_ce, kernel=_softmax_ce_kernel,
+    vjp=_softmax_ce_vjp, samples=_CE_SAMPLES,
+    doc="mean over the batch of -log softmax(x)[i, y[i]] (torch.nn.functional.cross_entropy)."))
+
+register(OpDef(
+    name="nll_loss", infer=_class_loss_infer("nll_loss"), kind=FusionKind.REDUCTION, arity=2,
+    impl=lambda xs, a, shape: np.asarray(-np.mean(xs[0][np.arange(len(xs[1])), xs[1]]),
+                                         dtype=xs[0].dtype),
+    kernel=_nll_kernel, vjp=_nll_vjp, samples=_CE_SAMPLES,
+    doc="mean over the batch of -x[i, y[i]] for log-probabilities x (F.nll_loss)."))
+
+
+def _bce_infer(types, attrs):
+    p, y = types
+    float_dtype(p, "binary_cross_entropy")
+    if p.shape != y.shape or p.dtype != y.dtype:
+        raise ShapeError(f"binary_cross_entropy needs targets shaped like the input: "
+                         f"{p} vs {y}")
+    return TensorType((), p.dtype)
+
+
+def _bce_np(xs, a, shape):
+    p, y = xs
+    lp = np.maximum(np.log(p), LOG_CLAMP)
+    lq = np.maximum(np.log1p(-p), LOG_CLAMP)
+    return np.asarray(-np.mean(y * lp + (1 - y) * lq), dtype=p.dtype)
+
+
+def _bce_kernel(ctx):
+    p, y, out = ctx.args[0], ctx.args[1], ctx.out
+    ctx.emit(f"total = {ctx.lit(0.0)}")
+    idx, d = loop_nest(ctx, p, ctx.in_types[0].rank)
+    ind = "    " * d
+    ctx.emit(f"{ind}lp = max(math.log({p}[{idx}]), {ctx.lit(LOG_CLAMP)})")
+    ctx.emit(f"{ind}lq = max(math.log1p(-{p}[{idx}]), {ctx.lit(LOG_CLAMP)})")
+    ctx.emit(f"{ind}total -= {y}[{idx}] * lp + ({ctx.lit(1.0)} - {y}[{idx}]) * lq")
+    ctx.emit(f"{out}[()] = total / {p}.size")
+
+
+def _bce_vjp(g, node, grad):
+    p, y = node.args
+    dt = node.dtype
+    all_axes = tuple(range(len(g.type_of(p).shape)))
+    scale = g.add("div", [grad, batch_size_of(g, p, all_axes)])
+    one = scalar(g, 1.0, dt)
+    q = g.add("sub", [one, p])
+    denom = g.add("maximum", [g.add("mul", [p, q]), scalar(g, BCE_EPS, dt)])
+    dp = g.add("mul", [g.add("div", [g.add("sub", [p, y]), denom]), scale])
+    clamp = scalar(g, LOG_CLAMP, dt)
+    lp = g.add("maximum", [g.add("log", [p]), clamp])
+    lq = g.add("maximum", [g.add("log", [q]), clamp])
+    dy = g.add("mul", [g.add("sub", [lq, lp]), scale])
+    return [dp, dy]
+
+
+register(OpDef(
+    name="binary_cross_entropy", infer=_bce_infer, kind=FusionKind.REDUCTION, arity=2,
+    impl=_bce_np, kernel=_bce_kernel, vjp=_bce_vjp,
+    samples=(Sample(shapes=((4, 3), (4, 3)), domains=("unit", "unit")),
+             Sample(shapes=((5,), (5,)), domains=("unit", "unit"))),
+    doc="mean of -(y log p + (1-y) log(1-p)), logs clamped at -100 "
+        "(torch.nn.functional.binary_cross_entropy)."))

@@ -1,0 +1,122 @@
+"""The op registry: one declaration per op carries everything about it.
+
+An :class:`OpDef` holds the op's shape/dtype inference, its NumPy reference
+implementation (the interpreter and test oracle), its vector-Jacobian product written
+in IR ops, its fusion kind, its code templates and the sample inputs that the
+registry-driven tests use. Nothing elsewhere switches on op names.
+
+>>> from graphc.ir import get_op
+>>> get_op("exp").kind
+<FusionKind.ELEMWISE: 0>
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .errors import OpError
+
+
+class FusionKind(enum.IntEnum):
+    """TVM-style op patterns, ordered from most to least fusable."""
+
+    ELEMWISE = 0      # out[i] = f(in[i]) with numpy broadcasting
+    BROADCAST = 1     # out[i] = in[broadcast(i)]
+    INJECTIVE = 2     # reshape, transpose: a fixed index map
+    REDUCTION = 3     # sums, max, softmax, losses
+    OUT_FUSABLE = 4   # matmul/conv: elementwise epilogues may fuse into them
+    OPAQUE = 5        # inputs, constants, anything code must call as a whole
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Example operands for registry-driven tests.
+
+    ``shapes`` are concrete input shapes (the batch dim uses a small int), ``domains``
+    name the range to draw each input from: ``real``, ``positive``, ``unit`` (0, 1),
+    ``nonzero`` (|x| >= 0.5), or ``labels:C`` for int64 class labels below C.
+    """
+
+    shapes: tuple
+    attrs: dict = field(default_factory=dict)
+    domains: tuple = ()
+    batch_dims: tuple = ()    # per input: axis that is the symbolic batch dim, or None
+
+    def domain(self, i):
+        return self.domains[i] if i < len(self.domains) else "real"
+
+
+@dataclass
+class OpDef:
+    """Everything graphc knows about one op.
+
+    infer(in_types, attrs) -> TensorType        shape and dtype inference; raises ShapeError
+    impl(arrays, attrs, out_type) -> ndarray    NumPy reference (out_type has N resolved)
+    vjp(graph, node, g) -> [grad id | None]     gradient per operand, built from IR ops;
+                                                None for non-differentiable ops
+    scalar(args, attrs, lit) -> str             elementwise ops: the scalar expression,
+                                                ``lit(v)`` spells a typed literal
+    kernel(ctx) -> None                         other ops: writes kernel lines through ctx
+    """
+
+    name: str
+    infer: Callable
+    impl: Callable
+    kind: FusionKind
+    vjp: Optional[Callable] = None
+    scalar: Optional[Callable] = None
+    kernel: Optional[Callable] = None
+    attrs: dict = field(default_factory=dict)   # attribute name -> default
+    arity: Optional[int] = None                 # None = variadic
+    samples: tuple = ()
+    doc: str = ""
+    differentiable: bool = True
+    view: bool = False                          # output may alias the input's memory
+
+    def normalize_attrs(self, given: dict | None) -> tuple:
+        given = dict(given or {})
+        unknown = set(given) - set(self.attrs)
+        if unknown:
+            raise OpError(f"op {self.name!r} has no attribute(s) {sorted(unknown)}; "
+                          f"known: {sorted(self.attrs)}")
+        merged = {k: given.get(k, v) for k, v in self.attrs.items()}
+        for k, v in merged.items():
+            if v is REQUIRED:
+                raise OpError(f"op {self.name!r} needs attribute {k!r}")
+        return tuple(sorted(merged.items()))
+
+
+class _Required:
+    def __repr__(self):
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    """Add an op declaration; a name can be declared once."""
+    if op.name in _REGISTRY:
+        raise OpError(f"op {op.name!r} is already registered")
+    if op.kind == FusionKind.ELEMWISE and op.scalar is None:
+        raise OpError(f"elementwise op {op.name!r} needs a scalar template")
+    _REGISTRY[op.name] = op
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    """Look an op up by name; an unknown name raises :class:`OpError` listing similar ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        import difflib
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise OpError(f"unknown op {name!r}{hint}") from None
+
+
+def all_ops() -> dict[str, OpDef]:
+    return dict(_REGISTRY)

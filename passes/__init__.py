@@ -1,0 +1,8 @@
+"""graphc.passes: graph -> graph transforms (autodiff, optimizer update, cleanup, fusion)."""
+from .autodiff import add_gradients
+from .dce import dce
+from .optimizer import apply_optimizer, OptimizerRule, OPTIMIZER_RULES
+from .manager import PassManager, PassRecord
+
+__all__ = ["add_gradients", "dce", "apply_optimizer", "OptimizerRule", "OPTIMIZER_RULES",
+           "PassManager", "PassRecord"]
