@@ -69,7 +69,7 @@ def reduction_kernel(combine, init, finish=None):
         out_idx = [idx[k] if k not in axes else "0" for k in range(rank)] \
             if ctx.attrs["keepdims"] else [idx[k] for k in kept]
         oref = f"{out}[{', '.join(out_idx)}]" if out_idx else f"{out}[()]"
-        count = " * ".join(f"{x}.shape[{a}]" for a in axes) or "1"
+        count = "(" + (" * ".join(f"{x}.shape[{a}]" for a in axes) or "1") + ")"
         trailing = list(axes) == list(range(rank - len(axes), rank))
         if trailing:
             # reduced axes innermost: accumulate in a register
