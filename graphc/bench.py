@@ -113,6 +113,24 @@ class NumpyMLP:
         return float(loss)
 
 
+def sample_batch(spec, model, batch, seed=0):
+    """A random batch and matching labels for ``model`` (labels from its train graph)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *spec.input_shape)).astype(spec.dtype)
+    if spec.loss is None:
+        return x, None
+    g = model._graph("gradients")
+    yid = g.input_named("y")
+    t = g.type_of(yid)
+    if t.dtype == "int64":
+        classes = g.meta.get("label_classes", {}).get("y", 2)
+        return x, rng.integers(0, classes, size=batch).astype(np.int64)
+    shape = t.concrete(batch)
+    if spec.loss == "bce":
+        return x, rng.uniform(0, 1, size=shape).astype(spec.dtype)
+    return x, rng.standard_normal(shape).astype(spec.dtype)
+
+
 def _measure(name, step, batch, steps, kernels, warmup=2) -> BenchRow:
     for _ in range(warmup):          # the first call compiles (Numba) or warms caches
         step()
@@ -137,14 +155,13 @@ def _measure(name, step, batch, steps, kernels, warmup=2) -> BenchRow:
 
 def run_bench(spec, batch=None, steps=30, target="cpu", seed=0) -> list[BenchRow]:
     """Rows for graphc fused, graphc unfused and (where it exists) the NumPy reference."""
-    from graphc.cli import _sample_batch
     batch = batch or spec.batch_size
     rows = []
     x = y = None
     for fuse in (True, False):
         model = spec.compile(target=target, fuse=fuse)
         if x is None:
-            x, y = _sample_batch(spec, model, batch, seed)
+            x, y = sample_batch(spec, model, batch, seed)
         rows.append(_measure(f"graphc {'fused' if fuse else 'unfused'}",
                              lambda m=model: m.train_step(x, y), batch, steps,
                              model.kernel_count("train")))

@@ -120,25 +120,6 @@ def _write(path, text):
         fh.write(text)
 
 
-def _sample_batch(spec, model, batch, seed=0):
-    """A random batch and matching labels for ``model`` (labels from its train graph)."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, *spec.input_shape)).astype(spec.dtype)
-    if spec.loss is None:
-        return x, None
-    g = model._graph("gradients")
-    yid = g.input_named("y")
-    t = g.type_of(yid)
-    if t.dtype == "int64":
-        classes = g.meta.get("label_classes", {}).get("y", 2)
-        return x, rng.integers(0, classes, size=batch).astype(np.int64)
-    shape = t.concrete(batch)
-    if spec.loss == "bce":
-        return x, rng.uniform(0, 1, size=shape).astype(spec.dtype)
-    return x, rng.standard_normal(shape).astype(spec.dtype)
-
-
 # ---------------------------------------------------------------- compile
 def cmd_compile(args, out):
     spec = _load(args)
@@ -146,7 +127,8 @@ def cmd_compile(args, out):
     model = spec.compile(target=args.target, fuse=not args.no_fuse)
     build_s = time.perf_counter() - t0
     kinds = ["forward"] + (["train"] if spec.loss else [])
-    x, y = _sample_batch(spec, model, spec.batch_size)
+    from graphc.bench import sample_batch
+    x, y = sample_batch(spec, model, spec.batch_size)
     rows = []
     for kind in kinds:
         g = model._graph(kind)
