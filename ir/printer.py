@@ -11,6 +11,25 @@ fusion group (kernel) the node belongs to. :func:`graphc.ir.parse_graph` reads i
 """
 from __future__ import annotations
 
+import ast
+import re
+
+# a name printed bare; anything else (spaces, commas, quotes, a lone "-") is quoted so
+# the parser can read it back unambiguously
+_BARE_NAME = re.compile(r"[^\s'\"#@%,-][^\s#,]*|-[^\s#,]+")
+
+
+def format_name(name) -> str:
+    """A node or output name as printed: bare when unambiguous, else a Python literal."""
+    return name if _BARE_NAME.fullmatch(name) else repr(name)
+
+
+def _is_literal(value) -> bool:
+    try:
+        return ast.literal_eval(repr(value)) == value
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+
 
 def format_attrs(attrs) -> str:
     attrs = dict(attrs)
@@ -26,7 +45,7 @@ def format_node(graph, nid: int) -> str:
     line = f"%{nid}: {d['type']} = {call}{format_attrs(d['attrs'])}"
     tail = []
     if d.get("name"):
-        tail.append(d["name"])
+        tail.append(format_name(d["name"]))
     if d.get("group") is not None:
         tail.append(f"@k{d['group']}")
     return line + (f"  # {'  '.join(tail)}" if tail else "")
@@ -42,9 +61,12 @@ def format_graph(graph) -> str:
         if nid not in inputs:
             lines.append("  " + format_node(graph, nid))
     outs = ", ".join(f"%{o}" for o in graph.outputs)
-    names = ", ".join(n or "-" for n in graph.output_names)
+    names = ", ".join("-" if n is None else format_name(n) for n in graph.output_names)
     lines.append(f"  return {outs}" + (f"  # {names}" if graph.outputs else ""))
     for o, i in sorted(graph.aliases.items()):
         lines.append(f"  alias output {o} -> input {i}")
+    for key, value in sorted(graph.meta.items(), key=lambda kv: str(kv[0])):
+        if isinstance(key, str) and key.isidentifier() and _is_literal(value):
+            lines.append(f"  meta {key} = {value!r}")
     lines.append("}")
     return "\n".join(lines)
