@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 
 import numpy as np
+from numba.core.errors import NumbaError
 
 from graphc.ir import BATCH, CompileError, InputError
 from graphc.ir.types import format_shape
@@ -127,7 +128,12 @@ class Executable:
         arrays, batch = self.prepare(inputs)
         with self._lock:
             bufs = self.buffers_for(batch)
-            self.module.run(*arrays, *bufs)
+            try:
+                self.module.run(*arrays, *bufs)
+            except NumbaError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CompileError(f"Numba could not compile graph {self.graph.name!r} "
+                                   f"(source: {self.module.__graphc_path__}): {first}") from exc
             outs = self.collect(arrays, bufs)
             if copy:
                 outs = [o.copy() for o in outs]

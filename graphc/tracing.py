@@ -302,7 +302,15 @@ def trace_function(fn, arg_types, names=None, dtype="float64"):
     """Trace ``fn`` on inputs of ``[(shape, dtype), ...]``; returns the graph."""
     graph = Graph(getattr(fn, "__name__", "fn").strip("<>") or "fn")
     graph.meta["dtype"] = dtype
-    names = names or [f"x{i}" for i in range(len(arg_types))]
+    if names is None:
+        import inspect
+        try:
+            params = [p.name for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            params = []
+        names = params[:len(arg_types)] if len(params) >= len(arg_types) else \
+            [f"x{i}" for i in range(len(arg_types))]
     with tracing(graph):
         args = [Tensor(graph, graph.add_input(TensorType(s, d), n))
                 for (s, d), n in zip(arg_types, names)]
