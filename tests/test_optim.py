@@ -231,10 +231,10 @@ def test_l2_and_clipping_follow_their_formulas(regularised, grad_model, data, in
     assert total_after == pytest.approx(0.2, rel=1e-5)
 
 
-def test_each_transform_alone_in_the_interpreter(grad_model, data):
+def test_each_transform_alone_in_the_interpreter(grad_model, data, init):
     """Each transform on its own (interpreted, no Numba compile) against its formula."""
     x, y = data
-    params = grad_model.parameters()
+    params = init
     raw = _grads(grad_model, params, x, y)
     names = list(params)
 
@@ -250,6 +250,7 @@ def test_each_transform_alone_in_the_interpreter(grad_model, data):
         want = raw[k] + (0.7 * params[k] if params[k].ndim >= 2 else 0.0)
         np.testing.assert_allclose(got[k], want, rtol=1e-12, err_msg=k)
     got = grads_of(clip_grad_value=0.1)
+    assert any(np.abs(g).max() > 0.1 for g in raw.values())
     for k in names:
         np.testing.assert_allclose(got[k], np.clip(raw[k], -0.1, 0.1), rtol=1e-12, err_msg=k)
     total = math.sqrt(sum(float(np.sum(g * g)) for g in raw.values()))
