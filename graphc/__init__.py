@@ -9,7 +9,8 @@
 from graphc.ir import (CompileError, DTypeError, GraphcError, GraphError, InputError,
                        NumericError, OpError, ShapeError, SpecError)
 
-from . import datasets, functional, nn, optim
+from . import datasets, functional, nn, optim, plots, schedules, training
+from .checkpoint import load_checkpoint, save_checkpoint
 from .compiled import CompiledModel, compile
 from .functional import (abs, amax, cos, exp, log, log_softmax, max, maximum, mean, minimum,
                          relu, reshape, sigmoid, sin, softmax, softplus, sqrt, square, sum,
@@ -17,12 +18,14 @@ from .functional import (abs, amax, cos, exp, log, log_softmax, max, maximum, me
 from .jit import grad, jit, value_and_grad
 from .nn.module import manual_seed
 from .tracing import Tensor
+from .training import History, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "jit", "grad", "value_and_grad", "compile", "CompiledModel", "Tensor", "nn", "optim",
-    "functional", "datasets", "manual_seed",
+    "functional", "datasets", "manual_seed", "schedules", "plots", "training", "fit", "evaluate", "History",
+    "save_checkpoint", "load_checkpoint",
     "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu", "softplus", "sqrt", "abs",
     "square", "maximum", "minimum", "sum", "mean", "max", "amax", "softmax", "log_softmax",
     "reshape", "transpose",

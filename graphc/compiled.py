@@ -18,7 +18,7 @@ import numpy as np
 from graphc.codegen import compile_graph
 from graphc.ir import BATCH, CompileError, Graph, OpError, ShapeError, TensorType, format_graph
 from graphc.ir.types import dtype_name, format_shape
-from graphc.passes import add_gradients, apply_optimizer
+from graphc.passes import add_gradients, apply_optimizer, transform_gradients
 
 from . import functional as F
 from .nn.module import Module
@@ -51,7 +51,8 @@ class CompiledModel:
     """A model compiled to native code. See :func:`compile`."""
 
     def __init__(self, module, input_shape, loss=None, optimizer=None, target="cpu",
-                 fuse=True, dtype="float32", check_finite=False):
+                 fuse=True, dtype="float32", check_finite=False, l2=0.0,
+                 clip_grad_norm=None, clip_grad_value=None):
         if not isinstance(module, Module):
             raise CompileError(f"gc.compile expects a gc.nn.Module, got {type(module).__name__}")
         if target not in ("cpu", "cuda"):
@@ -71,6 +72,9 @@ class CompiledModel:
         self.target = target
         self.fuse = fuse
         self.check_finite = check_finite
+        # L2 and clipping act on the gradients in the graph (gradients and train graphs)
+        self.grad_transform = {"l2": float(l2), "clip_grad_norm": clip_grad_norm,
+                               "clip_grad_value": clip_grad_value}
         for name, m in module.named_modules():
             object.__setattr__(m, "_name", name or type(m).__name__)
         self._params = {n: p.data.astype(self.dtype) for n, p in module.named_parameters()}
@@ -123,6 +127,8 @@ class CompiledModel:
                 outputs, names = [loss.id], ["loss"]
                 if kind in ("gradients", "train"):
                     grads = add_gradients(g, loss.id, [pid for _, pid in params])
+                    grads = transform_gradients(g, [(n, pid, gid) for (n, pid), gid in
+                                                    zip(params, grads)], **self.grad_transform)
                     if kind == "gradients":
                         outputs += grads
                         names += [f"grad.{n}" for n, _ in params]
@@ -291,12 +297,20 @@ class CompiledModel:
 
 
 def compile(module, input_shape=None, loss=None, optimizer=None, target="cpu", fuse=True,  # noqa: A001
-            dtype="float32", check_finite=False) -> CompiledModel:
+            dtype="float32", check_finite=False, l2=0.0, clip_grad_norm=None,
+            clip_grad_value=None) -> CompiledModel:
     """Compile a :class:`gc.nn.Module` for inference and (with loss/optimizer) training.
 
     >>> import graphc as gc
     >>> m = gc.compile(gc.nn.Linear(3, 2), input_shape=(None, 3))
     >>> m(np.ones((4, 3))).shape
     (4, 2)
+
+    ``l2`` adds ``l2 * theta`` to the gradient of every weight (not biases, see
+    ``graphc.passes.optimizer.decays``); ``clip_grad_value`` clamps each gradient entry
+    to ``[-c, c]``; ``clip_grad_norm`` rescales all gradients by
+    ``min(1, max_norm / (total_norm + 1e-6))`` as ``torch.nn.utils.clip_grad_norm_``.
+    ``m.gradients()`` returns the regularised, clipped gradients the optimizer uses.
     """
-    return CompiledModel(module, input_shape, loss, optimizer, target, fuse, dtype, check_finite)
+    return CompiledModel(module, input_shape, loss, optimizer, target, fuse, dtype, check_finite,
+                         l2, clip_grad_norm, clip_grad_value)

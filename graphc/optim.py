@@ -50,4 +50,111 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
 
-__all__ = ["Optimizer", "SGD"]
+def _check(name, **values):
+    for key, v in values.items():
+        if not v >= 0:
+            raise OpError(f"{name}: invalid {key} {v!r} (must be >= 0)")
+
+
+def _betas(name, betas):
+    try:
+        b1, b2 = (float(b) for b in betas)
+    except (TypeError, ValueError):
+        raise OpError(f"{name}: betas must be a pair of floats, got {betas!r}") from None
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise OpError(f"{name}: betas {betas!r} must each be in [0, 1)")
+    return (b1, b2)
+
+
+class Adam(Optimizer):
+    """``torch.optim.Adam(lr, betas, eps, weight_decay)`` with bias correction (amsgrad off).
+
+    >>> Adam(lr=1e-3).hyper()["betas"]
+    (0.9, 0.999)
+    """
+
+    rule = "adam"
+    decoupled = False
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(lr)
+        name = type(self).__name__
+        _check(name, eps=eps, weight_decay=weight_decay)
+        self.betas, self.eps, self.weight_decay = _betas(name, betas), float(eps), \
+            float(weight_decay)
+
+    def hyper(self):
+        return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
+                "decoupled": self.decoupled}
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: Adam with decoupled weight decay ``p *= 1 - lr * wd``."""
+
+    decoupled = True
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        super().__init__(lr, betas, eps, weight_decay)
+
+
+class Adagrad(Optimizer):
+    """``torch.optim.Adagrad(lr, lr_decay, weight_decay, eps)`` (initial accumulator 0)."""
+
+    rule = "adagrad"
+
+    def __init__(self, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 eps: float = 1e-10):
+        super().__init__(lr)
+        _check("Adagrad", lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+        self.lr_decay, self.weight_decay, self.eps = float(lr_decay), float(weight_decay), \
+            float(eps)
+
+    def hyper(self):
+        return {"lr_decay": self.lr_decay, "weight_decay": self.weight_decay, "eps": self.eps}
+
+
+class RMSprop(Optimizer):
+    """``torch.optim.RMSprop(lr, alpha, eps, weight_decay, momentum, centered)``."""
+
+    rule = "rmsprop"
+
+    def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False):
+        super().__init__(lr)
+        _check("RMSprop", alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+        self.alpha, self.eps, self.weight_decay = float(alpha), float(eps), float(weight_decay)
+        self.momentum, self.centered = float(momentum), bool(centered)
+
+    def hyper(self):
+        return {"alpha": self.alpha, "eps": self.eps, "weight_decay": self.weight_decay,
+                "momentum": self.momentum, "centered": self.centered}
+
+
+class LAMB(Optimizer):
+    """LAMB (You et al. 2019) with ``torch_optimizer.Lamb``'s keywords and defaults.
+
+    Adam direction ``u = m / (sqrt(v) + eps) + weight_decay * p``, scaled per parameter
+    tensor by the trust ratio ``min(||p||, clamp_value) / ||u||`` (1 when either norm is
+    0). ``debias=True`` scales the step by ``sqrt(1 - b2^t) / (1 - b1^t)``.
+    """
+
+    rule = "lamb"
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0, clamp_value: float = 10.0, debias: bool = False):
+        super().__init__(lr)
+        _check("LAMB", eps=eps, weight_decay=weight_decay, clamp_value=clamp_value)
+        self.betas, self.eps, self.weight_decay = _betas("LAMB", betas), float(eps), \
+            float(weight_decay)
+        self.clamp_value, self.debias = float(clamp_value), bool(debias)
+
+    def hyper(self):
+        return {"betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
+                "clamp_value": self.clamp_value, "debias": self.debias}
+
+
+Lamb = LAMB
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "LAMB", "Lamb"]
