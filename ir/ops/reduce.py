@@ -128,7 +128,7 @@ def cuda_reduction(combine, init, finish=None):
 
 
 def _mean_finish(acc, count, ctx):
-    return f"{acc} / {count}"
+    return f"{acc} / ({count})"   # count may be a product: a / (b * c)
 
 
 _SAMPLES = (Sample(shapes=((3, 4),), attrs={"axes": (1,)}),
