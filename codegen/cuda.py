@@ -32,7 +32,7 @@ from graphc.ir.printer import format_node
 from .cpu import TemplateContext, var
 
 JIT_FLAGS = "cache=True"
-MAX_BLOCKS = 4096        # grid-stride loops cover the rest
+MAX_BLOCKS = 8192        # per launch; grid-stride and block-stride loops cover the rest
 
 
 def literal(value, dtype: str) -> str:
@@ -86,13 +86,14 @@ def cuda_supported(graph) -> list[str]:
 
 
 class CudaEmitter:
-    def __init__(self, graph, schedule, threads=256, tile=16):
+    def __init__(self, graph, schedule, threads=256, tile=16, max_blocks=MAX_BLOCKS):
         if threads & (threads - 1):
             raise CompileError(f"CUDA block size {threads} is not a power of two")
         self.g = graph
         self.s = schedule
         self.threads = threads
         self.tile = tile
+        self.max_blocks = max_blocks
         self.batch_source = None
         for nid in graph.inputs:
             shape = graph.type_of(nid).shape
@@ -207,9 +208,9 @@ class CudaEmitter:
                  f"THREADS = {self.threads}", "",
                  "def _blocks(size):",
                  "    return max(1, min((size + THREADS - 1) // THREADS, "
-                 f"{MAX_BLOCKS}))", "",
+                 f"{self.max_blocks}))", "",
                  "def _rows(rows):",
-                 f"    return max(1, min(rows, {MAX_BLOCKS * 4}))", ""]
+                 f"    return max(1, min(rows, {self.max_blocks}))", ""]
         launches = {}
         for k in s.kernels:
             if k.kind == "loop":
@@ -243,6 +244,10 @@ class CudaEmitter:
         return "\n".join(parts + driver) + "\n"
 
 
-def emit_cuda_source(graph, schedule, threads=256, tile=16) -> str:
-    """``numba.cuda`` source for ``graph`` in ``schedule`` order; its driver is ``run``."""
-    return CudaEmitter(graph, schedule, threads, tile).emit()
+def emit_cuda_source(graph, schedule, threads=256, tile=16, max_blocks=MAX_BLOCKS) -> str:
+    """``numba.cuda`` source for ``graph`` in ``schedule`` order; its driver is ``run``.
+
+    ``threads`` per block (a power of two), ``tile`` of the matmul kernel, and at most
+    ``max_blocks`` blocks per grid-stride launch.
+    """
+    return CudaEmitter(graph, schedule, threads, tile, max_blocks).emit()

@@ -26,7 +26,7 @@ from graphc.ir import CompileError
 from graphc.ir.registry import get_op
 
 from .cache import load_module
-from .cuda import emit_cuda_source
+from .cuda import MAX_BLOCKS, emit_cuda_source
 from .runtime import Executable
 from .schedule import LOOP_KINDS, build_schedule
 
@@ -224,20 +224,23 @@ def _cuda_schedulable(graph):
 
 
 def compile_cuda_graph(graph, store: DeviceStore | None = None, threads: int | None = None,
-                       tile: int | None = None) -> CudaExecutable:
+                       tile: int | None = None, max_blocks: int | None = None) -> CudaExecutable:
     """Schedule, emit, cache and load ``graph`` for the GPU (kernels compile on first run).
 
-    ``threads`` (block size) and ``tile`` (matmul tile) default to 256 and 16 on a GPU
-    and to 16 and 4 in the simulator, which runs every thread as a Python thread.
+    ``threads`` (block size), ``tile`` (matmul tile) and ``max_blocks`` (per grid-stride
+    launch) default to 256, 16 and 8192 on a GPU. The simulator runs every thread as a
+    Python thread, so there they default to 8, 4 and 2, which also makes the grid- and
+    block-stride loops take several turns on tiny shapes.
     """
     cuda = check_cuda()
     sim = simulator_enabled()
-    threads = threads or (16 if sim else 256)
+    threads = threads or (8 if sim else 256)
     tile = tile or (4 if sim else 16)
+    max_blocks = max_blocks or (2 if sim else MAX_BLOCKS)
     t0 = time.perf_counter()
     graph = _cuda_schedulable(graph)
     schedule = build_schedule(graph)
-    source = emit_cuda_source(graph, schedule, threads, tile)
+    source = emit_cuda_source(graph, schedule, threads, tile, max_blocks)
     t1 = time.perf_counter()
     module = load_module(source, tag=f"cuda_{graph.name}")
     exe = CudaExecutable(graph, schedule, source, module, store or DeviceStore(cuda), cuda)
