@@ -117,6 +117,8 @@ def bench_torch(torch, builder, in_shape, batch, dtype, args):
 
 def gpu_name():
     from numba import cuda
+    if not hasattr(cuda, "get_current_device"):
+        return "none"          # the simulator
     try:
         name = cuda.get_current_device().name
     except Exception as exc:   # noqa: BLE001 - report, do not fail the table

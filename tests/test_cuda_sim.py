@@ -86,3 +86,14 @@ def test_cuda_target_without_gpu_says_what_to_install():
 def test_unknown_target_is_a_compile_error():
     with pytest.raises(gc.CompileError, match="unknown target"):
         gc.compile(gc.nn.Linear(3, 2), input_shape=(None, 3), target="tpu")
+
+
+@pytest.mark.skipif(os.environ.get("GRAPHC_CUDA_PTX") != "1",
+                    reason="set GRAPHC_CUDA_PTX=1 (and CUDA_HOME to an NVVM, e.g. the "
+                           "nvidia-cuda-nvcc-cu12 wheel's nvidia/cuda_nvcc) to compile "
+                           "every kernel to PTX; about a minute")
+def test_every_kernel_compiles_to_ptx():
+    proc = subprocess.run([sys.executable, str(HERE / "cuda_ptx_check.py")], env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith("OK"), proc.stdout

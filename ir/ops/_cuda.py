@@ -83,4 +83,10 @@ def add(a, b):
 
 
 def maximum(a, b):
-    return f"max({a}, {b})"
+    """``max`` as a conditional expression: the builtin max() goes through an overload
+    that Numba's CUDA target cannot compile ahead of time (checked with compile_ptx)."""
+    return f"({a} if {a} >= {b} else {b})"
+
+
+def minimum(a, b):
+    return f"({a} if {a} <= {b} else {b})"
