@@ -161,10 +161,18 @@ class Executable:
         return outs
 
 
-def compile_graph(graph, target: str = "cpu") -> Executable:
-    """Schedule, emit, cache and load ``graph``; compiled by Numba on first run."""
+def compile_graph(graph, target: str = "cpu", **options) -> Executable:
+    """Schedule, emit, cache and load ``graph``; compiled by Numba on first run.
+
+    ``target="cuda"`` hands over to :func:`codegen.cuda_runtime.compile_cuda_graph`
+    (imported only then, so the CPU path never imports ``numba.cuda``); ``options``
+    go to it (``store``, ``threads``, ``tile``).
+    """
+    if target == "cuda":
+        from .cuda_runtime import compile_cuda_graph
+        return compile_cuda_graph(graph, **options)
     if target != "cpu":
-        raise CompileError(f"unknown target {target!r} for compile_graph; use 'cpu'")
+        raise CompileError(f"unknown target {target!r} for compile_graph; use 'cpu' or 'cuda'")
     t0 = time.perf_counter()
     schedule = build_schedule(graph)
     source = emit_cpu_source(graph, schedule)

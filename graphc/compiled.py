@@ -57,8 +57,10 @@ class CompiledModel:
             raise CompileError(f"gc.compile expects a gc.nn.Module, got {type(module).__name__}")
         if target not in ("cpu", "cuda"):
             raise CompileError(f"unknown target {target!r}; use 'cpu' or 'cuda'")
+        self._device = None     # the DeviceStore of parameters resident on the GPU
         if target == "cuda":
-            raise CompileError("target='cuda' is not available in this build of graphc")
+            from graphc.codegen.cuda_runtime import DeviceStore, check_cuda
+            self._device = DeviceStore(check_cuda())
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             raise OpError(f"optimizer must be a gc.optim optimizer, got {optimizer!r}")
         self.module = module
@@ -181,7 +183,8 @@ class CompiledModel:
     def _exe(self, kind):
         exe = self._exes.get(kind)
         if exe is None:
-            exe = compile_graph(self._graph(kind), target=self.target)
+            options = {"store": self._device} if self._device is not None else {}
+            exe = compile_graph(self._graph(kind), target=self.target, **options)
             self._exes[kind] = exe
         return exe
 
@@ -239,18 +242,26 @@ class CompiledModel:
 
     def parameters(self) -> dict:
         """``{name: array}`` with PyTorch names and layouts (copies)."""
+        self._pull()
         return {n: a.copy() for n, a in self._params.items()}
 
     def buffers(self) -> dict:
+        self._pull()
         return {n: a.copy() for n, a in self._buffers.items()}
 
     def optimizer_state(self) -> dict:
+        self._pull()
         return {n: a.copy() for n, a in self._state.items()}
+
+    def _pull(self):
+        if self._device is not None:   # target="cuda": the device copies are the newest
+            self._device.pull()
 
     def load_parameters(self, state: dict, strict: bool = True):
         """Load a ``{name: array}`` dict, e.g. a PyTorch ``state_dict`` converted to NumPy."""
         state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v)
                  for k, v in state.items()}
+        self._pull()   # target="cuda": keep device-only updates (e.g. optimizer state)
         known = set(self._params) | set(self._buffers)
         extra = sorted(set(state) - known - {k for k in state if k.endswith("num_batches_tracked")})
         missing = sorted(set(self._params) - set(state))
@@ -265,6 +276,8 @@ class CompiledModel:
                 raise ShapeError(f"load_parameters: {name} has shape {format_shape(arr.shape)}, "
                                  f"the model expects {format_shape(target.shape)}")
             target[...] = arr   # in place: compiled steps keep using the same arrays
+        if self._device is not None:
+            self._device.push()   # the loaded host values replace the device copies
 
     def set_lr(self, lr: float):
         """Change the learning rate; no recompilation (it is a run-time input)."""

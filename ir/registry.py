@@ -58,6 +58,11 @@ class OpDef:
     scalar(args, attrs, lit) -> str             elementwise ops: the scalar expression,
                                                 ``lit(v)`` spells a typed literal
     kernel(ctx) -> None                         other ops: writes kernel lines through ctx
+    cuda_kernel(ctx) -> None                    CUDA target, non-elementwise ops: writes the
+                                                body of one ``@cuda.jit`` kernel and sets
+                                                ``ctx.launch`` (see codegen/cuda.py)
+    cuda_scalar(args, attrs, lit) -> str        CUDA target: overrides ``scalar`` where the
+                                                CPU spelling does not compile for the GPU
     """
 
     name: str
@@ -73,6 +78,8 @@ class OpDef:
     doc: str = ""
     differentiable: bool = True
     view: bool = False                          # output may alias the input's memory
+    cuda_kernel: Optional[Callable] = None
+    cuda_scalar: Optional[Callable] = None
 
     def normalize_attrs(self, given: dict | None) -> tuple:
         given = dict(given or {})

@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..registry import REQUIRED, FusionKind, OpDef, Sample, register
 from ..types import BATCH, TensorType
+from . import _cuda
 
 
 def _no_infer(types, attrs):
@@ -48,9 +49,16 @@ def _size_kernel(ctx):
     ctx.emit(f"{ctx.out}[()] = {size}")
 
 
+def _size_cuda(ctx):
+    size = _cuda.product([f"{ctx.args[0]}.shape[{i}]" for i in ctx.attrs["axes"]])
+    ctx.emit(f"if cuda.grid(1) == 0:")
+    ctx.emit(f"    {ctx.out}[0] = {size}")
+    ctx.launch = ("1", "1")
+
+
 register(OpDef(
     name="shape_size", infer=_size_infer, impl=_size_impl, kind=FusionKind.OPAQUE,
-    kernel=_size_kernel, arity=1, attrs={"axes": (0,), "dtype": "float32"},
+    kernel=_size_kernel, cuda_kernel=_size_cuda, arity=1, attrs={"axes": (0,), "dtype": "float32"},
     differentiable=False,
     samples=(Sample(shapes=((3, 4),), attrs={"axes": (0, 1), "dtype": "float64"}),),
     doc="The run-time product of the operand's sizes along ``axes`` (e.g. the batch size)."))
@@ -77,9 +85,17 @@ def _one_hot_kernel(ctx):
     ctx.emit(f"    {out}[i, {y}[i]] = {ctx.lit(1.0)}")
 
 
+def _one_hot_cuda(ctx):
+    y, out = ctx.args[0], ctx.out
+    _cuda.grid_stride(ctx, f"{out}.size")
+    ctx.emit(f"    i = idx // {out}.shape[1]")
+    ctx.emit(f"    j = idx % {out}.shape[1]")
+    ctx.emit(f"    {out}[i, j] = {ctx.lit(1.0)} if {y}[i] == j else {ctx.lit(0.0)}")
+
+
 register(OpDef(
     name="one_hot", infer=_one_hot_infer, impl=_one_hot_impl, kind=FusionKind.OPAQUE,
-    kernel=_one_hot_kernel, arity=1,
+    kernel=_one_hot_kernel, cuda_kernel=_one_hot_cuda, arity=1,
     attrs={"num_classes": REQUIRED, "dtype": "float32"}, differentiable=False,
     samples=(Sample(shapes=((5,),), attrs={"num_classes": 4, "dtype": "float64"},
                     domains=("labels:4",)),),
@@ -101,6 +117,7 @@ register(OpDef(
     name="cast", infer=_cast_infer, kind=FusionKind.ELEMWISE, arity=1,
     impl=lambda xs, a, shape: xs[0].astype(a["dtype"]),
     scalar=lambda args, a, lit: f"np.{a['dtype']}({args[0]})",
+    cuda_scalar=lambda args, a, lit: f"{a['dtype']}({args[0]})",   # numba scalar types
     vjp=_cast_vjp, attrs={"dtype": REQUIRED},
     samples=(Sample(shapes=((3, 2),), attrs={"dtype": "float64"}),),
     doc="Convert to another dtype."))

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..registry import FusionKind, OpDef, Sample, register
 from ..types import TensorType
+from . import _cuda
 from ._util import broadcast_shapes, same_dtype, scalar, unbroadcast
 
 
@@ -33,8 +34,9 @@ _BIN_SAMPLES = (Sample(shapes=((3, 4), (3, 4))), Sample(shapes=((3, 4), (4,))),
                 Sample(shapes=((), (2, 3))), Sample(shapes=((2, 1), (1, 3))))
 
 
-def binary(name, fn, expr, vjp, samples=_BIN_SAMPLES, differentiable=True, doc=""):
-    register(OpDef(name=name, infer=_binary_infer(name), arity=2,
+def binary(name, fn, expr, vjp, samples=_BIN_SAMPLES, differentiable=True, doc="",
+           cuda_expr=None):
+    register(OpDef(name=name, infer=_binary_infer(name), arity=2, cuda_scalar=cuda_expr,
                    kind=FusionKind.ELEMWISE,
                    impl=lambda xs, a, shape: np.asarray(fn(*xs), dtype=xs[0].dtype),
                    scalar=expr if callable(expr) else (lambda args, a, lit: expr.format(*args)),
@@ -42,8 +44,8 @@ def binary(name, fn, expr, vjp, samples=_BIN_SAMPLES, differentiable=True, doc="
 
 
 def unary(name, fn, expr, vjp, domain="real", attrs=None, samples=None, doc="",
-          differentiable=True):
-    register(OpDef(name=name, infer=_unary_infer(name), arity=1,
+          differentiable=True, cuda_expr=None):
+    register(OpDef(name=name, infer=_unary_infer(name), arity=1, cuda_scalar=cuda_expr,
                    kind=FusionKind.ELEMWISE,
                    impl=lambda xs, a, shape: np.asarray(fn(xs[0], **a), dtype=xs[0].dtype),
                    scalar=(expr if callable(expr)
@@ -102,8 +104,11 @@ binary("mul", np.multiply, "({0} * {1})", _mul_vjp, doc="x * y")
 binary("div", np.divide, "({0} / {1})", _div_vjp,
        samples=tuple(Sample(s.shapes, domains=("real", "nonzero")) for s in _BIN_SAMPLES),
        doc="x / y")
-binary("maximum", np.maximum, "max({0}, {1})", _minmax_vjp("ge"), doc="max(x, y)")
-binary("minimum", np.minimum, "min({0}, {1})", _minmax_vjp("le"), doc="min(x, y)")
+# CUDA spellings avoid the builtin max/min (see graphc.ir.ops._cuda.maximum)
+binary("maximum", np.maximum, "max({0}, {1})", _minmax_vjp("ge"), doc="max(x, y)",
+       cuda_expr=lambda args, a, lit: _cuda.maximum(*args))
+binary("minimum", np.minimum, "min({0}, {1})", _minmax_vjp("le"), doc="min(x, y)",
+       cuda_expr=lambda args, a, lit: _cuda.minimum(*args))
 for _name, _fn, _op in (("gt", np.greater, ">"), ("ge", np.greater_equal, ">="),
                         ("lt", np.less, "<"), ("le", np.less_equal, "<="),
                         ("eq", np.equal, "==")):
@@ -214,11 +219,14 @@ unary("sigmoid", lambda x: _sigmoid_np(np.asarray(x)),
                             f"else math.exp({args[0]}) / ({lit(1.0)} + math.exp({args[0]})))"),
       _sigmoid_vjp, doc="1 / (1 + e**-x), stable for large |x|")
 unary("relu", lambda x: np.maximum(x, 0), lambda args, a, lit: f"max({args[0]}, {lit(0.0)})",
-      _relu_vjp, doc="max(x, 0)")
+      _relu_vjp, doc="max(x, 0)",
+      cuda_expr=lambda args, a, lit: _cuda.maximum(args[0], lit(0.0)))
 unary("softplus", _softplus_np,
       lambda args, a, lit: (f"(max({args[0]}, {lit(0.0)}) + "
                             f"math.log1p(math.exp(-abs({args[0]}))))"),
-      _softplus_vjp, doc="log(1 + e**x), stable for large |x|")
+      _softplus_vjp, doc="log(1 + e**x), stable for large |x|",
+      cuda_expr=lambda args, a, lit: (f"({_cuda.maximum(args[0], lit(0.0))} + "
+                                      f"math.log1p(math.exp(-abs({args[0]}))))"))
 unary("sqrt", np.sqrt, "math.sqrt({0})", _sqrt_vjp, domain="positive", doc="square root")
 unary("abs", np.abs, "abs({0})", _abs_vjp, domain="nonzero", doc="|x|")
 unary("sign", np.sign, lambda args, a, lit: (f"({lit(1.0)} if {args[0]} > 0 else "

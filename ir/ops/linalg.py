@@ -58,9 +58,45 @@ def _kernel(ctx):
     ctx.emit(f"np.dot({a}, {b}, {ctx.out})")
 
 
+def _cuda_kernel(ctx):
+    """Tiled shared-memory matmul: each block computes one tile x tile block of the output."""
+    a, b, out = ctx.args[0], ctx.args[1], ctx.out
+    ta, tb, t = ctx.attrs["ta"], ctx.attrs["tb"], ctx.tile
+    zero = ctx.lit(0.0)
+    ctx.emit(f"sa = cuda.shared.array(({t}, {t}), {ctx.nbtype})")
+    ctx.emit(f"sb = cuda.shared.array(({t}, {t}), {ctx.nbtype})")
+    ctx.emit("tx = cuda.threadIdx.x")
+    ctx.emit("ty = cuda.threadIdx.y")
+    ctx.emit(f"row = cuda.blockIdx.y * {t} + ty")
+    ctx.emit(f"col = cuda.blockIdx.x * {t} + tx")
+    ctx.emit(f"m = {out}.shape[0]")
+    ctx.emit(f"n = {out}.shape[1]")
+    ctx.emit(f"k = {a}.shape[{0 if ta else 1}]")
+    ctx.emit(f"acc = {zero}")
+    ctx.emit(f"for k0 in range(0, k, {t}):")
+    ctx.emit("    ka = k0 + tx")
+    ctx.emit("    kb = k0 + ty")
+    ctx.emit("    if row < m and ka < k:")
+    ctx.emit(f"        sa[ty, tx] = {a}[{'ka, row' if ta else 'row, ka'}]")
+    ctx.emit("    else:")
+    ctx.emit(f"        sa[ty, tx] = {zero}")
+    ctx.emit("    if kb < k and col < n:")
+    ctx.emit(f"        sb[ty, tx] = {b}[{'col, kb' if tb else 'kb, col'}]")
+    ctx.emit("    else:")
+    ctx.emit(f"        sb[ty, tx] = {zero}")
+    ctx.emit("    cuda.syncthreads()")
+    ctx.emit(f"    for kk in range({t}):")
+    ctx.emit("        acc += sa[ty, kk] * sb[kk, tx]")
+    ctx.emit("    cuda.syncthreads()")
+    ctx.emit("if row < m and col < n:")
+    ctx.emit(f"    {out}[row, col] = acc")
+    ctx.launch = (f"(max(1, ({out}.shape[1] + {t - 1}) // {t}), "
+                  f"max(1, ({out}.shape[0] + {t - 1}) // {t}))", f"({t}, {t})")
+
+
 register(OpDef(
     name="matmul", infer=_infer, impl=_impl, kind=FusionKind.OUT_FUSABLE, arity=2,
-    kernel=_kernel, vjp=_vjp, attrs={"ta": False, "tb": False},
+    kernel=_kernel, cuda_kernel=_cuda_kernel, vjp=_vjp, attrs={"ta": False, "tb": False},
     samples=(Sample(shapes=((3, 4), (4, 5))),
              Sample(shapes=((3, 4), (5, 4)), attrs={"tb": True}),
              Sample(shapes=((4, 3), (4, 5)), attrs={"ta": True}),

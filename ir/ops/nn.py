@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..registry import FusionKind, OpDef, Sample, register
 from ..types import TensorType, format_shape
+from . import _cuda
 from ._util import batch_size_of, float_dtype, loop_nest, scalar
 
 LOG_CLAMP = -100.0     # torch's binary_cross_entropy clamps log() at -100
@@ -63,6 +64,81 @@ def _softmax_kernel(log):
     return kernel
 
 
+def _softmax_cuda(log):
+    """One block per row: max, then sum of exps, by shared-memory tree reductions."""
+    def kernel(ctx):
+        x, out = ctx.args[0], ctx.out
+        rank = ctx.in_types[0].rank
+        last = rank - 1
+        lead = [f"i{k}" for k in range(last)]
+        pre = ", ".join(lead + ["j"])
+        _cuda.shared_scratch(ctx)
+        ctx.emit(f"c = {x}.shape[{last}]")
+        _cuda.block_rows(ctx, _cuda.product([f"{x}.shape[{k}]" for k in range(last)]))
+        _cuda.unravel(ctx, "row", [(lead[k], f"{x}.shape[{k}]") for k in range(last)], "    ")
+        ctx.emit(f"    m = {ctx.lit(float('-inf'))}")
+        ctx.emit(f"    for j in range(tid, c, {ctx.threads}):")
+        ctx.emit(f"        m = {_cuda.maximum('m', f'{x}[{pre}]')}")
+        _cuda.tree_reduce(ctx, "m", _cuda.maximum, "m", "    ")
+        ctx.emit(f"    s = {ctx.lit(0.0)}")
+        ctx.emit(f"    for j in range(tid, c, {ctx.threads}):")
+        ctx.emit(f"        s += math.exp({x}[{pre}] - m)")
+        _cuda.tree_reduce(ctx, "s", _cuda.add, "s", "    ")
+        if log:
+            ctx.emit("    shift = m + math.log(s)")
+            ctx.emit(f"    for j in range(tid, c, {ctx.threads}):")
+            ctx.emit(f"        {out}[{pre}] = {x}[{pre}] - shift")
+        else:
+            ctx.emit(f"    inv = {ctx.lit(1.0)} / s")
+            ctx.emit(f"    for j in range(tid, c, {ctx.threads}):")
+            ctx.emit(f"        {out}[{pre}] = math.exp({x}[{pre}] - m) * inv")
+    return kernel
+
+
+def _single_block_loss(row_lines, count):
+    """CUDA template of a mean loss: one block, each thread sums some rows, then a tree
+    reduction; ``row_lines(ctx, x, y)`` emits lines adding row ``i``'s loss to ``total``."""
+    def kernel(ctx):
+        x, y, out = ctx.args[0], ctx.args[1], ctx.out
+        _cuda.shared_scratch(ctx)
+        ctx.emit(f"total = {ctx.lit(0.0)}")
+        row_lines(ctx, x, y)
+        _cuda.tree_reduce(ctx, "total", _cuda.add, "total")
+        ctx.emit("if tid == 0:")
+        ctx.emit(f"    {out}[0] = total / {count(x)}")
+        ctx.launch = ("1", str(ctx.threads))
+    return kernel
+
+
+def _softmax_ce_rows(ctx, x, y):
+    ctx.emit(f"for i in range(tid, {x}.shape[0], {ctx.threads}):")
+    ctx.emit(f"    m = {ctx.lit(float('-inf'))}")
+    ctx.emit(f"    for j in range({x}.shape[1]):")
+    ctx.emit(f"        m = {_cuda.maximum('m', f'{x}[i, j]')}")
+    ctx.emit(f"    s = {ctx.lit(0.0)}")
+    ctx.emit(f"    for j in range({x}.shape[1]):")
+    ctx.emit(f"        s += math.exp({x}[i, j] - m)")
+    ctx.emit(f"    total += m + math.log(s) - {x}[i, {y}[i]]")
+
+
+def _nll_rows(ctx, x, y):
+    ctx.emit(f"for i in range(tid, {x}.shape[0], {ctx.threads}):")
+    ctx.emit(f"    total -= {x}[i, {y}[i]]")
+
+
+def _bce_rows(ctx, p, y):
+    rank = ctx.in_types[0].rank
+    idx = [f"i{k}" for k in range(rank)]
+    ref = _cuda.index(idx)
+    ctx.emit(f"for e in range(tid, {p}.size, {ctx.threads}):")
+    _cuda.unravel(ctx, "e", [(idx[k], f"{p}.shape[{k}]") for k in range(rank)], "    ")
+    ctx.emit(f"    lp = math.log({p}[{ref}])")
+    ctx.emit(f"    lp = {_cuda.maximum('lp', ctx.lit(LOG_CLAMP))}")
+    ctx.emit(f"    lq = math.log1p(-{p}[{ref}])")
+    ctx.emit(f"    lq = {_cuda.maximum('lq', ctx.lit(LOG_CLAMP))}")
+    ctx.emit(f"    total -= {y}[{ref}] * lp + ({ctx.lit(1.0)} - {y}[{ref}]) * lq")
+
+
 def _softmax_vjp(g, node, grad):
     s = node.id
     dot = g.add("reduce_sum", [g.add("mul", [grad, s])], {"axes": (len(node.shape) - 1,),
@@ -80,13 +156,14 @@ _ROW_SAMPLES = (Sample(shapes=((3, 5),)), Sample(shapes=((2, 3, 4),)), Sample(sh
 register(OpDef(
     name="softmax", infer=_last_axis_infer("softmax"), kind=FusionKind.REDUCTION, arity=1,
     impl=lambda xs, a, shape: np.exp(_np_log_softmax(xs[0])).astype(xs[0].dtype),
-    kernel=_softmax_kernel(log=False), vjp=_softmax_vjp, attrs={"axis": -1},
+    kernel=_softmax_kernel(log=False), cuda_kernel=_softmax_cuda(log=False), vjp=_softmax_vjp, attrs={"axis": -1},
     samples=_ROW_SAMPLES, doc="exp(x) / sum(exp(x)) over the last axis, max-shifted."))
 
 register(OpDef(
     name="log_softmax", infer=_last_axis_infer("log_softmax"), kind=FusionKind.REDUCTION,
     arity=1, impl=lambda xs, a, shape: _np_log_softmax(xs[0]).astype(xs[0].dtype),
-    kernel=_softmax_kernel(log=True), vjp=_log_softmax_vjp, attrs={"axis": -1},
+    kernel=_softmax_kernel(log=True), cuda_kernel=_softmax_cuda(log=True),
+    vjp=_log_softmax_vjp, attrs={"axis": -1},
     samples=_ROW_SAMPLES, doc="x - logsumexp(x) over the last axis."))
 
 
@@ -159,6 +236,7 @@ _CE_SAMPLES = (Sample(shapes=((5, 4), (5,)), domains=("real", "labels:4"), batch
 register(OpDef(
     name="softmax_cross_entropy", infer=_class_loss_infer("softmax_cross_entropy"),
     kind=FusionKind.REDUCTION, arity=2, impl=_np_softmax_ce, kernel=_softmax_ce_kernel,
+    cuda_kernel=_single_block_loss(_softmax_ce_rows, lambda x: f"{x}.shape[0]"),
     vjp=_softmax_ce_vjp, samples=_CE_SAMPLES,
     doc="mean over the batch of -log softmax(x)[i, y[i]] (torch.nn.functional.cross_entropy)."))
 
@@ -166,7 +244,8 @@ register(OpDef(
     name="nll_loss", infer=_class_loss_infer("nll_loss"), kind=FusionKind.REDUCTION, arity=2,
     impl=lambda xs, a, shape: np.asarray(-np.mean(xs[0][np.arange(len(xs[1])), xs[1]]),
                                          dtype=xs[0].dtype),
-    kernel=_nll_kernel, vjp=_nll_vjp, samples=_CE_SAMPLES,
+    kernel=_nll_kernel, cuda_kernel=_single_block_loss(_nll_rows, lambda x: f"{x}.shape[0]"),
+    vjp=_nll_vjp, samples=_CE_SAMPLES,
     doc="mean over the batch of -x[i, y[i]] for log-probabilities x (F.nll_loss)."))
 
 
@@ -216,6 +295,7 @@ def _bce_vjp(g, node, grad):
 register(OpDef(
     name="binary_cross_entropy", infer=_bce_infer, kind=FusionKind.REDUCTION, arity=2,
     impl=_bce_np, kernel=_bce_kernel, vjp=_bce_vjp,
+    cuda_kernel=_single_block_loss(_bce_rows, lambda p: f"{p}.size"),
     samples=(Sample(shapes=((4, 3), (4, 3)), domains=("unit", "unit")),
              Sample(shapes=((5,), (5,)), domains=("unit", "unit"))),
     doc="mean of -(y log p + (1-y) log(1-p)), logs clamped at -100 "

@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..registry import FusionKind, OpDef, Sample, register
 from ..types import TensorType
+from . import _cuda
 from ._util import expand_to, float_dtype, reduced_shape
 
 _ATTRS = {"axes": None, "keepdims": False}
@@ -96,8 +97,38 @@ def reduction_kernel(combine, init, finish=None):
     return kernel
 
 
+def cuda_reduction(combine, init, finish=None):
+    """CUDA template: one block per output element, threads stride over the reduced
+    elements, then a shared-memory tree reduction; thread 0 stores the result."""
+    def kernel(ctx):
+        x, out = ctx.args[0], ctx.out
+        rank = ctx.in_types[0].rank
+        axes = _axes(ctx.attrs, rank)
+        kept = [k for k in range(rank) if k not in axes]
+        idx = [f"i{k}" for k in range(rank)]
+        if ctx.attrs["keepdims"]:
+            out_idx = [idx[k] if k not in axes else "0" for k in range(rank)]
+        else:
+            out_idx = [idx[k] for k in kept]
+        nout = _cuda.product([f"{x}.shape[{k}]" for k in kept])
+        count = _cuda.product([f"{x}.shape[{a}]" for a in axes])
+        _cuda.shared_scratch(ctx)
+        ctx.emit(f"count = {count}")
+        _cuda.block_rows(ctx, nout, "o")
+        _cuda.unravel(ctx, "o", [(idx[k], f"{x}.shape[{k}]") for k in kept], "    ")
+        ctx.emit(f"    acc = {init(ctx)}")
+        ctx.emit(f"    for r in range(tid, count, {ctx.threads}):")
+        _cuda.unravel(ctx, "r", [(idx[a], f"{x}.shape[{a}]") for a in axes], "        ")
+        ctx.emit(f"        acc = {combine('acc', f'{x}[{_cuda.index(idx)}]')}")
+        _cuda.tree_reduce(ctx, "acc", combine, "total", "    ")
+        value = finish("total", "count", ctx) if finish else "total"
+        ctx.emit(f"    if tid == 0:")
+        ctx.emit(f"        {out}[{_cuda.index(out_idx)}] = {value}")
+    return kernel
+
+
 def _mean_finish(acc, count, ctx):
-    return f"{acc} / {count}"
+    return f"{acc} / ({count})"   # count may be a product: a / (b * c)
 
 
 _SAMPLES = (Sample(shapes=((3, 4),), attrs={"axes": (1,)}),
@@ -110,6 +141,7 @@ register(OpDef(
     impl=lambda xs, a, shape: np.asarray(np.sum(xs[0], axis=a["axes"], keepdims=a["keepdims"]),
                                          dtype=xs[0].dtype),
     kernel=reduction_kernel(lambda acc, v: f"{acc} + {v}", lambda ctx: ctx.lit(0.0)),
+    cuda_kernel=cuda_reduction(_cuda.add, lambda ctx: ctx.lit(0.0)),
     vjp=_sum_vjp, attrs=dict(_ATTRS), samples=_SAMPLES, doc="Sum over axes (all by default)."))
 
 register(OpDef(
@@ -118,6 +150,7 @@ register(OpDef(
                                          dtype=xs[0].dtype),
     kernel=reduction_kernel(lambda acc, v: f"{acc} + {v}", lambda ctx: ctx.lit(0.0),
                             _mean_finish),
+    cuda_kernel=cuda_reduction(_cuda.add, lambda ctx: ctx.lit(0.0), _mean_finish),
     vjp=_mean_vjp, attrs=dict(_ATTRS), samples=_SAMPLES, doc="Mean over axes (all by default)."))
 
 register(OpDef(
@@ -125,5 +158,6 @@ register(OpDef(
     impl=lambda xs, a, shape: np.asarray(np.max(xs[0], axis=a["axes"], keepdims=a["keepdims"]),
                                          dtype=xs[0].dtype),
     kernel=reduction_kernel(lambda acc, v: f"max({acc}, {v})", lambda ctx: "-np.inf"),
+    cuda_kernel=cuda_reduction(_cuda.maximum, lambda ctx: ctx.lit(float("-inf"))),
     vjp=_max_vjp, attrs=dict(_ATTRS), samples=_SAMPLES,
     doc="Maximum over axes; ties share the gradient (like torch.amax)."))

@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..registry import REQUIRED, FusionKind, OpDef, Sample, register
 from ..types import TensorType, format_shape
+from . import _cuda
 from ._util import broadcast_shapes, unbroadcast
 
 
@@ -45,7 +46,7 @@ def _reshape_kernel(ctx):
 register(OpDef(
     name="reshape", infer=_reshape_infer, kind=FusionKind.INJECTIVE, arity=1, view=True,
     impl=lambda xs, a, shape: xs[0].reshape(shape),
-    kernel=_reshape_kernel,
+    kernel=_reshape_kernel, cuda_kernel=_reshape_kernel,   # a view in the driver, both targets
     vjp=lambda g, node, grad: [g.add("reshape", [grad], {"shape": g.type_of(node.args[0]).shape})],
     attrs={"shape": REQUIRED},
     samples=(Sample(shapes=((3, 4),), attrs={"shape": (2, 6)}),
@@ -88,9 +89,22 @@ def _transpose_kernel(ctx):
     ctx.emit("    " * rank + f"{out}[{', '.join(idx)}] = {x}[{', '.join(src)}]")
 
 
+def _transpose_cuda(ctx):
+    x, out = ctx.args[0], ctx.out
+    rank = ctx.out_type.rank
+    perm = _perm(ctx.attrs, rank)
+    idx = [f"i{k}" for k in range(rank)]
+    src = [None] * rank
+    for k, axis in enumerate(perm):
+        src[axis] = idx[k]
+    _cuda.grid_stride(ctx, f"{out}.size")
+    _cuda.unravel(ctx, "idx", [(idx[k], f"{out}.shape[{k}]") for k in range(rank)], "    ")
+    ctx.emit(f"    {out}[{_cuda.index(idx)}] = {x}[{_cuda.index(src)}]")
+
+
 register(OpDef(
     name="transpose", infer=_transpose_infer, kind=FusionKind.INJECTIVE, arity=1,
     impl=lambda xs, a, shape: np.ascontiguousarray(np.transpose(xs[0], a["perm"])),
-    kernel=_transpose_kernel, vjp=_transpose_vjp, attrs={"perm": None},
+    kernel=_transpose_kernel, cuda_kernel=_transpose_cuda, vjp=_transpose_vjp, attrs={"perm": None},
     samples=(Sample(shapes=((3, 4),)), Sample(shapes=((2, 3, 4),), attrs={"perm": (1, 2, 0)})),
     doc="Permute axes (reverses them by default)."))
