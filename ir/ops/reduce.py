@@ -97,7 +97,8 @@ def reduction_kernel(combine, init, finish=None):
 
 
 def _mean_finish(acc, count, ctx):
-    return f"{acc} / {count}"
+    # count is a product "a * b": parenthesise it (acc / a * b is (acc / a) * b)
+    return f"{acc} / ({count})"
 
 
 _SAMPLES = (Sample(shapes=((3, 4),), attrs={"axes": (1,)}),
