@@ -21,6 +21,7 @@ from graphc.ir.types import dtype_name, format_shape
 from graphc.passes import add_gradients, apply_optimizer
 
 from . import functional as F
+from .finite import run_checked
 from .nn.module import Module
 from .optim import Optimizer
 from .pipeline import optimize
@@ -207,7 +208,10 @@ class CompiledModel:
         if kind != "forward" and y is None:
             raise ShapeError(f"{kind} needs labels y")
         t0 = time.perf_counter()
-        outs = exe.run(self._inputs(kind, x, y), copy=copy)
+        if self.check_finite:   # debug mode: name the first node making a NaN/Inf
+            outs = run_checked(exe, self._inputs(kind, x, y), copy=copy)
+        else:
+            outs = exe.run(self._inputs(kind, x, y), copy=copy)
         if f"first_run.{kind}" not in self.timings:
             self.timings[f"first_run.{kind}"] = time.perf_counter() - t0
         return outs
