@@ -10,7 +10,7 @@ first, so a step that blows up leaves the model as it was before the call.
 >>> m = gc.compile(gc.nn.Linear(2, 1), input_shape=(None, 2), check_finite=True)
 >>> m(np.array([[np.nan, 0.0]]))     # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
-NumericError: graph 'forward': first non-finite value (nan) in input 'x' ...
+NumericError: graph 'forward': first non-finite value in input 'x' (nan: 1 of 2 elements); ...
 """
 from __future__ import annotations
 
