@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 import sys
 import tempfile
 import threading
@@ -51,6 +52,47 @@ def _write_atomic(path: Path, text: str):
         raise
 
 
+def _readable_numba_index(index: Path) -> bool:
+    """Whether Numba's index ``index`` and every data file it names unpickle cleanly.
+
+    Numba unpickles these on a kernel's first call and lets any error escape, so a
+    truncated or garbled file would surface as a raw UnpicklingError/EOFError instead
+    of a recompile."""
+    try:
+        with open(index, "rb") as f:
+            pickle.load(f)                       # numba version
+            _stamp, overloads = pickle.loads(f.read())
+        for name in dict(overloads).values():
+            pickle.loads((index.parent / name).read_bytes())
+        return True
+    except FileNotFoundError:
+        return True     # removed meanwhile (or never written): Numba recompiles anyway
+    except Exception:   # noqa: BLE001 - anything unreadable is rebuilt
+        return False
+
+
+def purge_unreadable_numba_cache(path: Path) -> list:
+    """Delete Numba's cached index/data files of module ``path`` that cannot be read
+    back, so Numba recompiles those kernels; returns the removed paths."""
+    removed = []
+    pycache = path.parent / "__pycache__"
+    if not pycache.is_dir():
+        return removed
+    for index in pycache.glob(f"{path.stem}.*.nbi"):
+        if _readable_numba_index(index):
+            continue
+        prefix = index.name[:-len(".nbi")]
+        for f in [index, *pycache.glob(f"{prefix}.*.nbc")]:
+            try:
+                f.unlink()
+                removed.append(f)
+            except FileNotFoundError:
+                pass
+    # data files whose index is gone are unreachable; a garbled one that is still
+    # listed was caught above
+    return removed
+
+
 def module_path(source: str, tag: str = "graph") -> Path:
     return cache_dir() / f"{tag}_{source_key(source)}.py"
 
@@ -75,6 +117,9 @@ def load_module(source: str, tag: str = "graph"):
         # Numba's cache pickles references to sibling kernels by module name
         sys.modules[spec.name] = mod
         spec.loader.exec_module(mod)
+        # after exec (Numba's data pickles refer to this module), before the first call
+        # (when Numba would read them)
+        purge_unreadable_numba_cache(path)
         mod.__graphc_path__ = str(path)
         _MODULES[key] = mod
         return mod

@@ -123,7 +123,8 @@ class Executable:
         """Run on ``inputs`` (list in input order or dict by name); returns the outputs.
 
         With ``copy=False`` the outputs are the runtime's own buffers, overwritten by the
-        next call with the same batch size.
+        next call with the same batch size (from any thread); ``copy`` may also be a set of
+        output indices to copy, e.g. ``{0}`` for a loss read after the call returns.
         """
         arrays, batch = self.prepare(inputs)
         with self._lock:
@@ -135,8 +136,10 @@ class Executable:
                 raise CompileError(f"Numba could not compile graph {self.graph.name!r} "
                                    f"(source: {self.module.__graphc_path__}): {first}") from exc
             outs = self.collect(arrays, bufs)
-            if copy:
+            if copy is True:
                 outs = [o.copy() for o in outs]
+            elif copy:   # copied under the lock: another thread may reuse the buffers
+                outs = [o.copy() if i in copy else o for i, o in enumerate(outs)]
         return outs
 
     def collect(self, arrays, bufs):

@@ -99,6 +99,8 @@ def build_schedule(graph) -> Schedule:
                 if a not in nset and a not in ins:
                     ins.append(a)
         outs = [n for n in ns if n in outputs or any(u not in nset for u in graph.users(n))]
+        if not outs:   # dead code (e.g. dce turned off): nothing observable to compute
+            continue
         kind = _kernel_kind(graph, ns)
         kernels.append(Kernel(len(kernels), ns, ins, outs, kind,
                               _kernel_name(graph, len(kernels), ns, kind)))

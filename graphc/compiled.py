@@ -16,11 +16,13 @@ import time
 import numpy as np
 
 from graphc.codegen import compile_graph
-from graphc.ir import BATCH, CompileError, Graph, OpError, ShapeError, TensorType, format_graph
+from graphc.ir import (BATCH, CompileError, Graph, InputError, OpError, ShapeError, TensorType,
+                       format_graph)
 from graphc.ir.types import dtype_name, format_shape
 from graphc.passes import add_gradients, apply_optimizer, transform_gradients
 
 from . import functional as F
+from .finite import run_checked
 from .nn.module import Module
 from .optim import Optimizer
 from .pipeline import optimize
@@ -214,9 +216,12 @@ class CompiledModel:
     def _run(self, kind, x, y=None, copy=True):
         exe = self._exe(kind)
         if kind != "forward" and y is None:
-            raise ShapeError(f"{kind} needs labels y")
+            raise InputError(f"{kind} needs labels y")
         t0 = time.perf_counter()
-        outs = exe.run(self._inputs(kind, x, y), copy=copy)
+        if self.check_finite:   # debug mode: name the first node making a NaN/Inf
+            outs = run_checked(exe, self._inputs(kind, x, y), copy=copy)
+        else:
+            outs = exe.run(self._inputs(kind, x, y), copy=copy)
         if f"first_run.{kind}" not in self.timings:
             self.timings[f"first_run.{kind}"] = time.perf_counter() - t0
         return outs
@@ -227,11 +232,12 @@ class CompiledModel:
         return self._run("forward", x)[0]
 
     def loss(self, x, y) -> float:
-        return float(self._run("gradients", x, y, copy=False)[0])
+        # copy the loss under the runtime's lock: another thread may reuse the buffer
+        return float(self._run("gradients", x, y, copy={0})[0])
 
     def train_step(self, x, y) -> float:
         """Forward, backward and optimizer update in one native call; returns the loss."""
-        outs = self._run("train", x, y, copy=False)
+        outs = self._run("train", x, y, copy={0})
         return float(outs[0])
 
     def gradients(self, x, y) -> dict:

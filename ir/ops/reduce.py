@@ -128,7 +128,8 @@ def cuda_reduction(combine, init, finish=None):
 
 
 def _mean_finish(acc, count, ctx):
-    return f"{acc} / ({count})"   # count may be a product: a / (b * c)
+    # count is a product "a * b": parenthesise it (acc / a * b is (acc / a) * b)
+    return f"{acc} / ({count})"
 
 
 _SAMPLES = (Sample(shapes=((3, 4),), attrs={"axes": (1,)}),
