@@ -1,7 +1,7 @@
 """Benchmarks of training steps: graphc fused vs unfused vs a plain NumPy reference.
 
->>> from graphc.spec import load_spec                       # doctest: +SKIP
->>> print(format_table(run_bench(load_spec("examples/mlp.toml"), batch=64, steps=20)))
+>>> from graphc.spec import load_spec
+>>> print(format_table(run_bench(load_spec("examples/mlp.toml"), batch=64, steps=20)))  # doctest: +SKIP
 """
 from __future__ import annotations
 

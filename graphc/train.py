@@ -1,7 +1,7 @@
 """Training a spec on a bundled data set: progress bar, accuracy, checkpoint, loss curve.
 
->>> from graphc.spec import load_spec                        # doctest: +SKIP
->>> train_spec(load_spec("examples/mlp.toml"), epochs=5, out_dir="runs/mlp")
+>>> from graphc.spec import load_spec
+>>> train_spec(load_spec("examples/mlp.toml"), epochs=5, out_dir="runs/mlp")  # doctest: +SKIP
 """
 from __future__ import annotations
 
