@@ -17,6 +17,8 @@ import numpy as np
 from graphc.ir import BATCH, get_op
 from graphc.ir.printer import format_node
 
+from . import fastmath
+
 JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
 
 
@@ -150,6 +152,8 @@ class CpuEmitter:
             opdef = get_op(d["op"])
             lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
             expr = opdef.scalar([local[a] for a in d["args"]], dict(d["attrs"]), lit)
+            # float32: vectorisable polynomial exp/log/tanh instead of libm calls
+            expr = fastmath.rewrite(expr, d["type"].dtype, d["op"], [local[a] for a in d["args"]])
             body.append(f"{ind}t{n} = {expr}")
             local[n] = f"t{n}"
         for o in k.outputs:
@@ -184,7 +188,8 @@ class CpuEmitter:
         g, s = self.g, self.s
         parts = [f"# graphc generated code for graph {g.name!r}",
                  f"# numba {numba.__version__}, numpy {np.__version__}",
-                 "import math", "import numpy as np", "from numba import njit", ""]
+                 "import math", "import numpy as np", "from numba import njit",
+                 fastmath.IMPORT_LINE, ""]
         for k in s.kernels:
             if k.kind == "loop":
                 parts += self.emit_loop(k) + [""]
