@@ -49,7 +49,8 @@ def _child():
         t_numba = time.perf_counter() - t
         trace = sum(v for k, v in m.timings.items() if k.startswith("trace."))
         passes = sum(v for k, v in m.timings.items() if k.startswith("passes."))
-        return {"cpu": time.process_time(), "trace": trace, "passes": passes, "compile_other": t_compile - trace - passes,
+        return {"cpu": time.process_time(), "trace": trace, "passes": passes,
+                "compile_other": t_compile - trace - passes,
                 "codegen": t_codegen, "codegen.emit": exe.timings.get("codegen", 0.0),
                 "codegen.load": exe.timings.get("load", 0.0), "numba": t_numba,
                 "kernels": exe.kernel_count,
@@ -91,8 +92,9 @@ def table(r) -> str:
     cold, warm = r["cold"]["first"]["total"], r["warm"]["first"]["total"]
     lines.append("(wall-clock seconds; the machine may be shared: CPU time is the process's "
                  "own, cumulative)")
-    lines.append(f"targets: cold < {TARGET_COLD_S} s ({'met' if cold < TARGET_COLD_S else 'MISSED'}),"
-                 f" warm < {TARGET_WARM_S} s ({'met' if warm < TARGET_WARM_S else 'MISSED'})")
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    lines.append(f"targets: cold < {TARGET_COLD_S} s ({verdict(cold < TARGET_COLD_S)}), "
+                 f"warm < {TARGET_WARM_S} s ({verdict(warm < TARGET_WARM_S)})")
     return "\n".join(lines)
 
 

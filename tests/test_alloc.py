@@ -93,7 +93,7 @@ def test_train_step_allocates_no_python_memory(model):
     m, x, y = model
     base = _dispatch_baseline(m, x, y)
     peak, growth = _python_bytes(lambda: m.train_step(x, y))
-    assert peak - base < PEAK_BYTES, f"a train_step allocated {peak} bytes at peak ({base} in numba)"
+    assert peak - base < PEAK_BYTES, f"a step allocated {peak} bytes at peak ({base} in numba)"
     assert growth < LEAK_BYTES, f"memory grew by {growth} bytes over {STEPS} steps"
 
 
