@@ -21,8 +21,9 @@ from . import fastmath
 
 JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
 # Kernels are inlined into the driver by Numba, so a step compiles and caches as ONE
-# function: compiling ~40 small functions separately cost ~20x more (per-function
-# typing, LLVM and cache overhead); each kernel stays a readable function in the source.
+# function (one cache entry to load at warm start, no per-function LLVM/cache overhead:
+# cold compile of a small MLP step went 19 s -> 16 s on a loaded 2-core machine); each
+# kernel stays a readable function in the source.
 KERNEL_FLAGS = "nogil=True, error_model='numpy', boundscheck=False, inline='always'"
 
 
