@@ -28,6 +28,12 @@ from .cpu import emit_cpu_source
 from .schedule import build_schedule
 
 MAX_BATCH_SIZES = 8   # buffer sets kept (least recently used dropped)
+_DTYPES = {name: np.dtype(name) for name in ("float32", "float64", "int64")}
+
+
+def _np_dtype(name):
+    # comparing an array's dtype with a dtype object is ~10x cheaper than with a string
+    return _DTYPES.get(name) or np.dtype(name)
 
 
 class Executable:
@@ -44,6 +50,7 @@ class Executable:
         self.roles = [graph.input_role(i) for i in graph.inputs]
         self.label_classes = dict(graph.meta.get("label_classes", {}))
         self._buffers: OrderedDict = OrderedDict()
+        self._out_plan = None
         self._lock = threading.Lock()
         self.timings: dict = {}
 
@@ -53,8 +60,9 @@ class Executable:
 
     # --------------------------------------------------------------- inputs
     def check_input(self, name, value, t):
-        if isinstance(value, np.ndarray) and value.dtype == t.dtype and value.flags.c_contiguous:
-            arr = value
+        if (isinstance(value, np.ndarray) and value.dtype == _np_dtype(t.dtype)
+                and value.flags.c_contiguous):
+            arr = value   # the common case: no conversion, no copy
         else:
             try:
                 arr = np.asarray(value)
@@ -68,12 +76,18 @@ class Executable:
                 raise InputError(f"input {name!r}: expected {t.dtype} numbers, got dtype "
                                  f"{arr.dtype}")
             arr = np.asarray(arr, dtype=t.dtype, order="C")  # (ascontiguousarray makes 0-d 1-d)
-        if arr.ndim != t.rank or any(d != BATCH and d != s for d, s in zip(t.shape, arr.shape)):
+        if arr.ndim != t.rank or not all(d == s or d == BATCH for d, s in zip(t.shape, arr.shape)):
             raise InputError(f"input {name!r}: expected shape {format_shape(t.shape)} "
                              f"({t}), got {format_shape(arr.shape)}")
         return arr
 
-    def prepare(self, inputs) -> tuple[list, int | None]:
+    def prepare(self, inputs, trusted=()) -> tuple[list, int | None]:
+        """Checked arrays in input order, and the batch size.
+
+        Inputs at the positions in ``trusted`` (arrays the caller owns and created with
+        the right dtype and shape, such as a compiled model's parameters) are passed
+        through unchecked: the per-step cost is then only that of the data and labels.
+        """
         if isinstance(inputs, dict):
             missing = [n for n in self.input_names if n not in inputs]
             if missing:
@@ -83,7 +97,10 @@ class Executable:
             raise InputError(f"graph {self.graph.name!r} takes {len(self.input_names)} inputs "
                              f"{self.input_names}, got {len(inputs)}")
         arrays, batch, batch_from = [], None, None
-        for name, value, t in zip(self.input_names, inputs, self.input_types):
+        for i, (name, value, t) in enumerate(zip(self.input_names, inputs, self.input_types)):
+            if i in trusted:
+                arrays.append(value)
+                continue
             arr = self.check_input(name, value, t)
             for axis, d in enumerate(t.shape):
                 if d == BATCH:
@@ -119,14 +136,15 @@ class Executable:
         return bufs
 
     # --------------------------------------------------------------- run
-    def run(self, inputs, copy: bool = True):
+    def run(self, inputs, copy: bool = True, trusted=()):
         """Run on ``inputs`` (list in input order or dict by name); returns the outputs.
 
         With ``copy=False`` the outputs are the runtime's own buffers, overwritten by the
-        next call with the same batch size (from any thread); ``copy`` may also be a set of
-        output indices to copy, e.g. ``{0}`` for a loss read after the call returns.
+        next call with the same batch size (from any thread); a steady-state call then
+        allocates no array. ``copy`` may also be a set of output indices to copy, e.g.
+        ``{0}`` for a loss read after the call returns. ``trusted``: see :meth:`prepare`.
         """
-        arrays, batch = self.prepare(inputs)
+        arrays, batch = self.prepare(inputs, trusted)
         with self._lock:
             bufs = self.buffers_for(batch)
             try:
@@ -143,25 +161,30 @@ class Executable:
         return outs
 
     def collect(self, arrays, bufs):
+        """The output arrays: inputs updated in place, buffers, or final copies."""
+        plan = self._out_plan
+        if plan is None:
+            plan = self._out_plan = self._output_plan()
+        return [arrays[k] if from_input else bufs[k] for from_input, k in plan]
+
+    def _output_plan(self):
+        """Per output: (True, input index) or (False, buffer index); computed once."""
         g, s = self.graph, self.schedule
-        where = {}
-        for i, nid in enumerate(g.inputs):
-            where[nid] = arrays[i]
-        for v, b in zip(s.buffers, bufs):
-            where[v] = b
+        where = {nid: (True, i) for i, nid in enumerate(g.inputs)}
+        for j, v in enumerate(s.buffers):
+            where[v] = (False, j)
         for v, target in list(s.inplace.items()) + list(s.copy_back.items()):
             where[v] = where[target]
-        extra = bufs[len(s.buffers):]
-        outs = []
-        copies = dict(zip(sorted(s.out_copies), extra))
+        copies = {idx: len(s.buffers) + j for j, idx in enumerate(sorted(s.out_copies))}
+        plan = []
         for idx, v in enumerate(g.outputs):
             if idx in copies:
-                outs.append(copies[idx])
+                plan.append((False, copies[idx]))
             elif idx in g.aliases:
-                outs.append(arrays[g.aliases[idx]])
+                plan.append((True, g.aliases[idx]))
             else:
-                outs.append(where[v])
-        return outs
+                plan.append(where[v])
+        return plan
 
 
 def compile_graph(graph, target: str = "cpu", **options) -> Executable:

@@ -87,6 +87,7 @@ class CompiledModel:
         self._graphs: dict = {}
         self._managers: dict = {}
         self._exes: dict = {}
+        self._arg_plans: dict = {}
         self.timings: dict = {}
         self._lr = np.array(optimizer.lr if optimizer else 0.0, dtype=self.dtype)
         # trace everything now so shape errors surface at compile time
@@ -191,37 +192,61 @@ class CompiledModel:
         return exe
 
     def _inputs(self, kind, x, y=None):
+        """Argument list for graph ``kind``: x, y and the model-owned arrays.
+
+        The model-owned part (parameters, optimizer state, hyper-parameters) is built
+        once per graph; a step only drops x and y into a copy of it.
+        """
+        plan = self._arg_plans.get(kind)
+        if plan is None:
+            plan = self._arg_plans[kind] = self._arg_plan(kind)
+        vals, x_at, y_at, _ = plan
+        vals = list(vals)
+        for i in x_at:
+            vals[i] = x
+        for i in y_at:
+            vals[i] = y
+        if self.optimizer is not None:
+            self._lr[()] = self.optimizer.lr   # a run-time input: no recompilation
+        return vals
+
+    def _arg_plan(self, kind):
         g = self._graph(kind)
-        vals = []
-        for nid in g.inputs:
+        vals, x_at, y_at, owned = [], [], [], []
+        for i, nid in enumerate(g.inputs):
             name = g.nx.nodes[nid]["name"]
             role = g.input_role(nid)
+            value = None
             if role == "data":
-                vals.append(x)
+                x_at.append(i)
             elif role == "label":
-                vals.append(y)
+                y_at.append(i)
             elif role == "param":
-                vals.append(self._params[name])
+                value = self._params[name]
             elif role == "hyper":
-                self._lr[()] = self.optimizer.lr
-                vals.append(self._lr)
+                value = self._lr
             elif name in self._buffers:
-                vals.append(self._buffers[name])
+                value = self._buffers[name]
             else:
                 if name not in self._state:
                     self._state[name] = np.zeros(g.type_of(nid).shape, dtype=self.dtype)
-                vals.append(self._state[name])
-        return vals
+                value = self._state[name]
+            if value is not None:
+                owned.append(i)
+            vals.append(value)
+        return vals, x_at, y_at, frozenset(owned)
 
     def _run(self, kind, x, y=None, copy=True):
         exe = self._exe(kind)
         if kind != "forward" and y is None:
             raise InputError(f"{kind} needs labels y")
         t0 = time.perf_counter()
+        args = self._inputs(kind, x, y)
         if self.check_finite:   # debug mode: name the first node making a NaN/Inf
-            outs = run_checked(exe, self._inputs(kind, x, y), copy=copy)
+            outs = run_checked(exe, args, copy=copy)
         else:
-            outs = exe.run(self._inputs(kind, x, y), copy=copy)
+            # model-owned arrays keep their dtype/shape (load_parameters copies in place)
+            outs = exe.run(args, copy=copy, trusted=self._arg_plans[kind][3])
         if f"first_run.{kind}" not in self.timings:
             self.timings[f"first_run.{kind}"] = time.perf_counter() - t0
         return outs

@@ -1,0 +1,318 @@
+"""graphc against NumPy (and PyTorch / JAX where installed): one command, one table.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py [--quick]
+        [--blas-threads N]
+
+Workloads (float32, medians of repeated steps after warm-up):
+- MLP 784-256-256-10, ReLU, softmax cross-entropy, SGD: one training step (forward,
+  backward, update) at batch 128 and 1024; GFLOP/s against the measured sgemm peak.
+- Elementwise chain y = sigmoid(x)*tanh(x) + 0.5*relu(x) - softplus(x) on 4M floats,
+  value and gradient of sum(y); GB/s over the 32 MB that must move (read x, write dy/dx)
+  against the measured copy bandwidth (the memory-traffic floor).
+- LeNet (1x28x28) at batch 64, if ``gc.nn.Conv2d`` exists.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import graphc as gc
+
+LR = 0.01
+
+
+def median_time(fn, reps, warmup=3):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+# ---------------------------------------------------------------- environment
+def _load_numba_blas():
+    # Numba's np.dot (so graphc's matmuls) calls SciPy's own OpenBLAS through
+    # scipy.linalg.cython_blas, a different library from NumPy's: load it so threadpoolctl
+    # sees (and limits) both
+    import scipy.linalg.cython_blas  # noqa: F401
+
+
+def blas_info() -> str:
+    _load_numba_blas()
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed"
+    rows = [f"{i.get('internal_api')} {i.get('version')} core={i.get('architecture')} "
+            f"threads={i.get('num_threads')} ({os.path.basename(i.get('filepath', ''))})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    return "\n  ".join(rows) or "no BLAS found by threadpoolctl"
+
+
+def sgemm_peak(n=2048, reps=10) -> tuple[float, float]:
+    """GFLOP/s of NumPy's np.dot and of np.dot inside Numba (SciPy's BLAS, graphc's path)."""
+    from numba import njit
+
+    @njit
+    def numba_dot(a, b, c):
+        np.dot(a, b, c)
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b, c = a.copy(), np.empty_like(a)
+    t_np = median_time(lambda: np.dot(a, b, out=c), reps)
+    t_nb = median_time(lambda: numba_dot(a, b, c), reps)
+    return 2 * n**3 / t_np / 1e9, 2 * n**3 / t_nb / 1e9
+
+
+def copy_bandwidth(n=4 * 2**20, reps=20) -> tuple[float, float]:
+    """(seconds, GB/s) to read n floats and write n floats: the elementwise floor."""
+    a = np.ones(n, np.float32)
+    b = np.empty_like(a)
+    t = median_time(lambda: np.copyto(b, a), reps)
+    return t, 2 * a.nbytes / t / 1e9
+
+
+# ---------------------------------------------------------------- MLP
+SIZES = (784, 256, 256, 10)
+
+
+def mlp_flops(batch) -> float:
+    fwd = sum(2 * batch * i * o for i, o in zip(SIZES[:-1], SIZES[1:]))
+    return 3 * fwd - 2 * batch * SIZES[0] * SIZES[1]   # no gradient w.r.t. the input
+
+
+def mlp_data(batch):
+    rng = np.random.default_rng(batch)
+    return (rng.standard_normal((batch, SIZES[0])).astype(np.float32),
+            rng.integers(0, SIZES[-1], batch))
+
+
+def graphc_mlp(fuse):
+    gc.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+        layers.append(gc.nn.Linear(a, b))
+        if i < len(SIZES) - 2:
+            layers.append(gc.nn.ReLU())
+    m = gc.compile(gc.nn.Sequential(*layers), input_shape=(None, SIZES[0]),
+                   loss="cross_entropy", optimizer=gc.optim.SGD(lr=LR), fuse=fuse)
+    return lambda x, y: m.train_step(x, y)
+
+
+def numpy_mlp():
+    rng = np.random.default_rng(0)
+    ws = [(rng.standard_normal((o, i)).astype(np.float32) / np.sqrt(i),
+           np.zeros(o, np.float32)) for i, o in zip(SIZES[:-1], SIZES[1:])]
+
+    def step(x, y):
+        acts, pre = [x], []
+        for k, (w, b) in enumerate(ws):
+            h = acts[-1] @ w.T + b
+            pre.append(h)
+            acts.append(np.maximum(h, 0) if k < len(ws) - 1 else h)
+        z = acts[-1]
+        m = z.max(axis=1, keepdims=True)
+        e = np.exp(z - m)
+        s = e.sum(axis=1, keepdims=True)
+        n = len(y)
+        loss = float(np.mean(np.log(s[:, 0]) + m[:, 0] - z[np.arange(n), y]))
+        g = e / s
+        g[np.arange(n), y] -= 1
+        g /= n
+        for k in range(len(ws) - 1, -1, -1):
+            w, b = ws[k]
+            gw, gb = g.T @ acts[k], g.sum(axis=0)
+            if k:
+                g = (g @ w) * (pre[k - 1] > 0)
+            w -= LR * gw
+            b -= LR * gb
+        return loss
+    return step
+
+
+def torch_mlp():
+    import torch
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                              torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        return float(loss)
+    return step
+
+
+def jax_mlp():
+    import jax
+    import jax.numpy as jnp
+    key = jax.random.PRNGKey(0)
+    params = []
+    for i, o in zip(SIZES[:-1], SIZES[1:]):
+        key, k = jax.random.split(key)
+        params.append((jax.random.normal(k, (o, i), jnp.float32) / np.sqrt(i), jnp.zeros(o)))
+
+    def loss_fn(ps, x, y):
+        h = x
+        for k, (w, b) in enumerate(ps):
+            h = h @ w.T + b
+            if k < len(ps) - 1:
+                h = jax.nn.relu(h)
+        return jnp.mean(jax.nn.logsumexp(h, axis=1) - h[jnp.arange(h.shape[0]), y])
+
+    @jax.jit
+    def update(ps, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(ps, x, y)
+        return jax.tree_util.tree_map(lambda p, d: p - LR * d, ps, g), loss
+    state = [params]
+
+    def step(x, y):
+        state[0], loss = update(state[0], x, y)
+        return loss.block_until_ready()
+    return step
+
+
+# ---------------------------------------------------------------- elementwise chain
+CHAIN_N = 4 * 2**20
+
+
+def chain_graphc(x, fuse, public):
+    vg = gc.value_and_grad(lambda v: gc.sum(gc.sigmoid(v) * gc.tanh(v) + 0.5 * gc.relu(v)
+                                           - gc.softplus(v)), fuse=fuse)
+    if public:
+        return lambda: vg(x)
+    exe = vg.compiled((x,))
+    return lambda: exe.run([x], copy=False)
+
+
+def chain_numpy(x):
+    def run():
+        with np.errstate(over="ignore"):
+            s = 1 / (1 + np.exp(-x))
+            t = np.tanh(x)
+            r = np.maximum(x, 0)
+            sp = r + np.log1p(np.exp(-np.abs(x)))
+            y = s * t + 0.5 * r - sp
+            g = s * (1 - s) * t + s * (1 - t * t) + 0.5 * (x > 0) - s
+        return y.sum(dtype=np.float32), g
+    return run
+
+
+def chain_torch(x):
+    import torch
+    xt = torch.from_numpy(x)
+
+    def run():
+        v = xt.detach().requires_grad_()
+        y = (torch.sigmoid(v) * torch.tanh(v) + 0.5 * torch.relu(v)
+             - torch.nn.functional.softplus(v)).sum()
+        y.backward()
+        return v.grad
+    return run
+
+
+def chain_jax(x):
+    import jax
+    import jax.numpy as jnp
+    f = jax.jit(jax.value_and_grad(lambda v: jnp.sum(
+        jax.nn.sigmoid(v) * jnp.tanh(v) + 0.5 * jax.nn.relu(v) - jax.nn.softplus(v))))
+    xj = jnp.asarray(x)
+    return lambda: f(xj)[1].block_until_ready()
+
+
+# ---------------------------------------------------------------- driver
+def _optional(make):
+    try:
+        return make()
+    except ImportError:
+        return None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--blas-threads", type=int, default=None,
+                    help="limit BLAS threads (threadpoolctl); on a busy machine 1 avoids "
+                         "OpenBLAS threads spinning while their partner is descheduled")
+    args = ap.parse_args(argv)
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+        _load_numba_blas()
+        threadpool_limits(args.blas_threads, user_api="blas")
+    q = 0.25 if args.quick else 1.0
+    print(f"graphc {gc.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
+    print(f"BLAS:\n  {blas_info()}")
+    print("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" % (os.environ.get("OPENBLAS_CORETYPE"),
+                                                        os.environ.get("OPENBLAS_L2_SIZE")))
+    peak_np, peak = sgemm_peak()
+    floor_s, bw = copy_bandwidth()
+    print(f"sgemm peak (2048^3): numpy np.dot {peak_np:.0f} GFLOP/s, np.dot in Numba (graphc's "
+          f"BLAS) {peak:.0f} GFLOP/s; copy bandwidth: {bw:.1f} GB/s "
+          f"(4M-float chain floor {floor_s * 1e3:.2f} ms)")
+    rows = []
+
+    def add(workload, impl, seconds, items, work, unit):
+        rate = work / seconds / 1e9
+        rows.append((workload, impl, seconds * 1e3, items / seconds, f"{rate:.1f} {unit}"))
+        print(f"  {workload:22} {impl:34} {seconds * 1e3:9.3f} ms", flush=True)
+
+    mlp_impls = [("graphc fused", lambda: graphc_mlp(True)),
+                 ("graphc unfused", lambda: graphc_mlp(False)),
+                 ("numpy", numpy_mlp), ("pytorch eager", lambda: _optional(torch_mlp)),
+                 ("jax jit", lambda: _optional(jax_mlp))]
+    for name, make in mlp_impls:
+        t = time.perf_counter()
+        step = make()
+        if step is None:
+            continue
+        for batch, reps in ((128, int(200 * q)), (1024, int(40 * q))):
+            x, y = mlp_data(batch)
+            if batch == 128:
+                step(x, y)
+                build = time.perf_counter() - t
+            s = median_time(lambda: step(x, y), max(reps, 5))
+            add(f"MLP b{batch}", name + (f" (build {build:.1f}s)" if batch == 128 else ""),
+                s, batch, mlp_flops(batch), "GFLOP/s")
+
+    x = np.random.default_rng(1).standard_normal(CHAIN_N).astype(np.float32)
+    chain_impls = [("graphc fused", lambda: chain_graphc(x, True, False)),
+                   ("graphc fused, copies out", lambda: chain_graphc(x, True, True)),
+                   ("graphc unfused", lambda: chain_graphc(x, False, False)),
+                   ("numpy", lambda: chain_numpy(x)),
+                   ("pytorch eager", lambda: _optional(lambda: chain_torch(x))),
+                   ("jax jit", lambda: _optional(lambda: chain_jax(x)))]
+    for name, make in chain_impls:
+        run = make()
+        if run is None:
+            continue
+        s = median_time(run, max(int(20 * q), 5), warmup=2)
+        add("chain 4M fwd+bwd", name, s, CHAIN_N, 2 * x.nbytes, "GB/s")
+
+    if hasattr(gc.nn, "Conv2d"):
+        print("  (LeNet: gc.nn.Conv2d exists but this script has no LeNet step yet)")
+    else:
+        print("  LeNet b64: skipped (gc.nn.Conv2d does not exist in this build)")
+
+    print()
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          f"(timings are only comparable on an otherwise idle machine)")
+    print(f"{'workload':20} {'implementation':34} {'ms/step':>10} {'samples/s':>12} {'rate':>16}")
+    for w, impl, ms, sps, rate in rows:
+        print(f"{w:20} {impl:34} {ms:10.3f} {sps:12.0f} {rate:>16}")
+    print(f"\nsgemm peak {peak_np:.0f} (numpy) / {peak:.0f} (numba) GFLOP/s; "
+          f"memory floor for the chain {floor_s * 1e3:.2f} ms "
+          f"({bw:.1f} GB/s)")
+
+
+if __name__ == "__main__":
+    main()

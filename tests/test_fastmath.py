@@ -1,0 +1,139 @@
+"""The float32 fast-math functions: accuracy against NumPy over the whole float32 range,
+special values, the codegen rewrite, and that LLVM really vectorises a loop using them."""
+import platform
+import re
+
+import numpy as np
+import pytest
+from numba import njit
+
+from graphc.codegen import compile_graph, fastmath
+from graphc.codegen.fastmath import MAX_REL_ERROR
+from graphc.ir import Graph, TensorType
+
+TINY = float(np.finfo(np.float32).tiny)
+
+
+def _loop(f):
+    @njit(error_model="numpy", boundscheck=False)
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = f(x[i])
+    return apply
+
+
+_KERNELS = {name: _loop(f) for name, f in fastmath.FUNCTIONS.items()}
+
+
+def _run(name, x):
+    out = np.empty_like(x)
+    _KERNELS[name](x, out)
+    return out
+
+
+def _reference(name, x64):
+    with np.errstate(all="ignore"):  # float64 NumPy, then compared in float32 terms
+        return {"fexp32": np.exp, "flog32": np.log, "flog1p32": np.log1p, "ftanh32": np.tanh,
+                "fsigmoid32": lambda v: np.exp(-np.logaddexp(0.0, -v)),
+                "fsoftplus32": lambda v: np.logaddexp(0.0, v)}[name](x64)
+
+
+def _inputs():
+    """Random bit patterns (every exponent, denormals, inf, nan), a dense sweep over the
+    interesting range, and the edge cases."""
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    sweep = np.linspace(-110, 95, 200_001, dtype=np.float32)
+    small = np.float32(10.0) ** rng.uniform(-45, 0, 50_000).astype(np.float32)
+    edges = np.float32([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, TINY, 88.72, 88.73,
+                        -87.3, -103.9, -104.0, 0.625, -0.625, -1.0, -0.999999, 1e-30, 9.0])
+    return np.concatenate([bits, sweep, small, -small, edges])
+
+
+X = _inputs()
+
+
+@pytest.mark.parametrize("name", sorted(fastmath.FUNCTIONS))
+def test_accuracy_and_special_values(name):
+    out = _run(name, X).astype(np.float64)
+    ref = _reference(name, X.astype(np.float64))
+    with np.errstate(all="ignore"):
+        ref32 = ref.astype(np.float32).astype(np.float64)
+    normal = np.isfinite(ref32) & (np.abs(ref32) >= TINY)
+    rel = np.abs(out[normal] - ref[normal]) / np.abs(ref[normal])
+    assert rel.max() <= MAX_REL_ERROR, (name, X[normal][rel.argmax()], rel.max())
+    # outside the normal range: inf/nan/0 exactly as NumPy, denormals within 3 units
+    rest = ~normal
+    with np.errstate(invalid="ignore"):
+        same = ((out[rest] == ref32[rest]) | (np.isnan(out[rest]) & np.isnan(ref32[rest]))
+                | (np.abs(out[rest] - ref[rest]) <= 3 * 2.0 ** -149))
+    assert same.all(), (name, X[rest][~same][:5], out[rest][~same][:5], ref32[rest][~same][:5])
+
+
+def test_the_check_can_fail():
+    """A deliberately worse exp (float32 libm of x + 1 ulp) must break the bound."""
+    x = np.float32(np.linspace(-80, 80, 1001))
+    worse = np.exp(np.nextafter(x, np.float32(np.inf))).astype(np.float64)
+    rel = np.abs(worse - np.exp(x.astype(np.float64))) / np.exp(x.astype(np.float64))
+    assert rel.max() > MAX_REL_ERROR
+
+
+def test_exp_limits_match_numpy():
+    x = np.float32([88.7, 88.8, -103.0, -104.5, 0.0, -0.0])
+    np.testing.assert_array_equal(_run("fexp32", x)[[1, 3, 4, 5]], np.float32([np.inf, 0, 1, 1]))
+    assert np.isfinite(_run("fexp32", x)[0]) and _run("fexp32", x)[2] > 0
+    t = _run("ftanh32", np.float32([-0.0, 50.0, -50.0]))
+    assert np.signbit(t[0]) and t[1] == 1.0 and t[2] == -1.0
+
+
+def test_rewrite_only_float32():
+    e = "(math.exp(a) + math.log(b) * math.log1p(c) - math.tanh(d))"
+    assert fastmath.rewrite(e, "float64") == e
+    assert fastmath.rewrite(e, "float32") == "(fexp32(a) + flog32(b) * flog1p32(c) - ftanh32(d))"
+    assert fastmath.rewrite("x", "float32", op="sigmoid", args=["t1"]) == "fsigmoid32(t1)"
+    assert fastmath.rewrite("x", "float64", op="sigmoid", args=["t1"]) == "x"
+
+
+def _chain_graph(dtype):
+    g = Graph(f"chain_{dtype}")
+    x = g.add_input(TensorType(("N",), dtype), "x")
+    half = g.constant(0.5, dtype)
+    a = g.add("mul", [g.add("sigmoid", [x]), g.add("tanh", [x])])
+    b = g.add("mul", [half, g.add("relu", [x])])
+    y = g.add("sub", [g.add("add", [a, b]), g.add("softplus", [x])])
+    for n in g.topo_order():
+        if g.op_of(n) != "input":
+            g.set_group(n, 0)
+    g.set_outputs([y])
+    return g
+
+
+def _chain_np(x):
+    return 1 / (1 + np.exp(-x)) * np.tanh(x) + 0.5 * np.maximum(x, 0) - np.logaddexp(0, x)
+
+
+def test_generated_float32_loop_uses_fast_math_and_vectorises():
+    exe = compile_graph(_chain_graph("float32"))
+    assert "fsigmoid32(" in exe.source and "ftanh32(" in exe.source
+    assert "math.exp(" not in exe.source and "math.tanh(" not in exe.source
+    x = np.linspace(-30, 30, 1000, dtype=np.float32)
+    (y,) = exe.run([x])
+    np.testing.assert_allclose(y, _chain_np(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("packed-instruction check is written for x86")
+    kernel = next(getattr(exe.module, k.name) for k in exe.schedule.kernels if k.kind == "loop")
+    # recompile without the disk cache: a kernel loaded from cache has no assembly to show
+    fresh = njit(error_model="numpy", boundscheck=False)(kernel.py_func)
+    fresh(x, np.empty_like(x))
+    asm = "\n".join(fresh.inspect_asm().values())
+    packed = re.findall(r"\bv?(?:mul|add|sub|div|fmadd\w*)ps\s+[^\n]*[xyz]mm", asm)
+    assert len(packed) > 20, "the float32 fast-math loop did not vectorise"
+    assert not re.search(r"call\w*\s+\S*(expf|logf|tanhf|log1pf)", asm)
+
+
+def test_float64_keeps_libm():
+    exe = compile_graph(_chain_graph("float64"))
+    assert "fsigmoid32" not in exe.source.split("# fastmath")[-1].split("\n", 1)[1]
+    assert "math.tanh(" in exe.source
+    x = np.linspace(-30, 30, 101)
+    np.testing.assert_allclose(exe.run([x])[0], _chain_np(x), rtol=1e-12, atol=1e-14)
