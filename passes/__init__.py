@@ -1,8 +1,11 @@
 """graphc.passes: graph -> graph transforms (autodiff, optimizer update, cleanup, fusion)."""
 from .autodiff import add_gradients
 from .dce import dce
+from .cse import cse
+from .fold import fold
+from .simplify import simplify
 from .optimizer import apply_optimizer, OptimizerRule, OPTIMIZER_RULES
 from .manager import PassManager, PassRecord
 
-__all__ = ["add_gradients", "dce", "apply_optimizer", "OptimizerRule", "OPTIMIZER_RULES",
-           "PassManager", "PassRecord"]
+__all__ = ["add_gradients", "dce", "cse", "fold", "simplify", "apply_optimizer",
+           "OptimizerRule", "OPTIMIZER_RULES", "PassManager", "PassRecord"]
