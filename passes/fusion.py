@@ -174,6 +174,8 @@ def fusion(graph):
                 continue
             if _iter_shape(g, G.members[gid]) != shape:
                 continue
+            if any(g.type_of(m).dtype != g.type_of(n).dtype for m in G.members[gid]):
+                continue      # the product is written into one of the group's buffers
             if any(a in G.members[gid] for a in g.args_of(n)):
                 continue      # np.dot runs before the loop: its operands come from outside
             if G.try_merge(n, gid, "matmul_epilogue"):
