@@ -23,13 +23,15 @@ CHAIN_N = 4 * 1024 * 1024
 
 
 def timed_round_robin(fns: dict, repeats) -> dict:
-    """{label: (median ms, min ms)}; the variants take turns, so a machine whose load
-    drifts (shared cores) slows them alike."""
+    """{label: (median ms, min ms)}; the variants take turns (who goes first rotates), so
+    a machine whose load drifts (shared cores) slows them alike."""
     for fn in fns.values():
         fn()
+    labels = list(fns)
     times = {label: [] for label in fns}
-    for _ in range(repeats):
-        for label, fn in fns.items():
+    for r in range(repeats):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            fn = fns[label]
             t0 = time.perf_counter()
             fn()
             times[label].append(time.perf_counter() - t0)

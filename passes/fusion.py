@@ -219,7 +219,8 @@ def _iter_shape(g, nodes):
 
 
 def _outside_arg_of_shape(g, members, shape):
-    return any(a not in members and g.type_of(a).shape == shape
+    # constants do not count: step 4 copies them into the group
+    return any(a not in members and g.type_of(a).shape == shape and g.op_of(a) != "constant"
                for n in members for a in g.args_of(n))
 
 

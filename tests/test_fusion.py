@@ -177,3 +177,16 @@ def test_float32_matmul_epilogue():
     assert [k.kind for k in exe.schedule.kernels] == ["matmul_epilogue"]
     for a, want in zip(exe.run(inputs), interpret(g, inputs)):
         np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
+
+
+def test_reduction_over_a_loop_with_no_full_shaped_input_still_compiles():
+    # the only (N, 4) operand is a constant, which fusion copies into the group: the
+    # reduction must then not join (the loop would have no array to take extents from)
+    g = Graph("extents")
+    w = g.add_input(TensorType((4,), "float64"), "w")
+    b = g.add_input(TensorType(("N", 1), "float64"), "b")
+    e = g.add("mul", [g.add("add", [w, b]), g.constant(2.0, "float64", ("N", 4))])
+    g.set_outputs([g.add("reduce_sum", [e], {"axes": (1,)}), e])
+    inputs = {"w": np.arange(4.0), "b": np.ones((3, 1))}
+    h, _ = optimize(g.copy())
+    assert_close(compile_graph(h).run(inputs), interpret(g, inputs))
