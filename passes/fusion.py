@@ -10,9 +10,12 @@ Groups are formed in TVM's order of op patterns (``FusionKind``):
    produces its operand when that operand has the group's iteration shape, e.g. the
    bias gradient ``reduce_sum(g * relu'(z), axes=(0,))``: one pass computes the
    elementwise values and accumulates the column sums.
-3. ``matmul_epilogue``: a matmul joins the loop group of a same-shaped consumer (bias
-   add, activation): ``np.dot`` writes into an output buffer, then one loop applies
-   the epilogue in place. Groups holding in-place (aliased) updates are left as loops.
+3. heads: a matmul joins the loop group of a same-shaped consumer (bias add,
+   activation; kind ``matmul_epilogue``): ``np.dot`` writes into an output buffer, then
+   one loop applies the epilogue in place. A row-wise ``softmax``/``log_softmax`` heads
+   its consumers the same way (``template_epilogue``), also in front of a reduction
+   (``reduce_loop`` with a head: softmax - one_hot, scaled, and its column sums).
+   Groups holding in-place (aliased) updates are left as plain loops.
 4. Constants are copied into every loop group that reads them, so they become literals.
 
 Every merge keeps the group graph acyclic (a group is convex: no path leaves it and
@@ -163,22 +166,32 @@ def fusion(graph):
             continue      # the kernel takes its loop extents from such an array
         G.try_merge(n, gid, "reduce_loop")
 
-    # 3. matmul epilogues: a same-shaped elementwise consumer group takes the matmul
+    # 3. heads: a matmul (or a row-wise softmax) whose same-shaped consumer group can
+    #    apply its epilogue; the head writes into one of the group's stored buffers
+    heads = set()
     for n in order:
-        if g.op_of(n) != "matmul" or n in G.of:
+        if n in G.of or not _can_head(g, n):
             continue
-        shape = g.type_of(n).shape
+        shape, dtype = g.type_of(n).shape, g.type_of(n).dtype
         for u in g.users(n):
             gid = G.of.get(u)
-            if gid is None or G.kind[gid] != "loop" or G.members[gid] & aliased:
+            if gid is None or G.kind[gid] not in ("loop", "reduce_loop"):
                 continue
-            if _iter_shape(g, G.members[gid]) != shape:
+            members = G.members[gid]
+            if members & aliased or members & heads:
                 continue
-            if any(g.type_of(m).dtype != g.type_of(n).dtype for m in G.members[gid]):
-                continue      # the product is written into one of the group's buffers
-            if any(a in G.members[gid] for a in g.args_of(n)):
-                continue      # np.dot runs before the loop: its operands come from outside
-            if G.try_merge(n, gid, "matmul_epilogue"):
+            if _iter_shape(g, members) != shape:
+                continue
+            if any(g.type_of(m).dtype != dtype for m in members):
+                continue      # the head is written into one of the group's buffers
+            if any(a in members for a in g.args_of(n)):
+                continue      # the head runs before the loop: its operands come from outside
+            if not _stored_of_shape(g, members | {n}, shape):
+                continue
+            kind = G.kind[gid] if G.kind[gid] == "reduce_loop" else (
+                "matmul_epilogue" if g.op_of(n) == "matmul" else "template_epilogue")
+            if G.try_merge(n, gid, kind):
+                heads.add(n)
                 break
 
     # 4. constants: one copy per loop-like group that reads them
@@ -216,6 +229,19 @@ def _iter_shape(g, nodes):
     """The iteration shape of a loop group: the largest shape among its loop nodes."""
     shapes = [g.type_of(n).shape for n in nodes if _is_loop(g, n)]
     return max(shapes, key=len) if shapes else None
+
+
+ROW_HEADS = {"softmax", "log_softmax"}
+
+
+def _can_head(g, n):
+    op = g.op_of(n)
+    return op == "matmul" or op in ROW_HEADS
+
+
+def _stored_of_shape(g, members, shape):
+    """Some member of ``shape`` is read outside the group (its buffer takes the head)."""
+    return any(g.type_of(m).shape == shape and _escapes(g, m, members) for m in members)
 
 
 def _outside_arg_of_shape(g, members, shape):

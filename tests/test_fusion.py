@@ -190,3 +190,16 @@ def test_reduction_over_a_loop_with_no_full_shaped_input_still_compiles():
     inputs = {"w": np.arange(4.0), "b": np.ones((3, 1))}
     h, _ = optimize(g.copy())
     assert_close(compile_graph(h).run(inputs), interpret(g, inputs))
+
+
+def test_softmax_heads_its_elementwise_consumers():
+    g = Graph("softmax_head")
+    x = g.add_input(TensorType(("N", 4), "float64"), "x")
+    t = g.add_input(TensorType(("N", 4), "float64"), "t")
+    p = g.add("softmax", [x])
+    g.set_outputs([g.add("mul", [g.add("sub", [p, t]), t])])
+    inputs = {"x": np.random.default_rng(4).normal(size=(5, 4)), "t": np.full((5, 4), 0.25)}
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    assert [k.kind for k in exe.schedule.kernels] == ["template_epilogue"]
+    assert_close(exe.run(inputs), interpret(g, inputs))

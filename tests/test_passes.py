@@ -192,6 +192,8 @@ BINARY = sorted(n for n, o in all_ops().items()
                 and n != "div")
 REDUCE = sorted(n for n, o in all_ops().items()
                 if o.kind == FusionKind.REDUCTION and o.arity == 1 and "axes" in o.attrs)
+ROW = sorted(n for n, o in all_ops().items()
+             if o.kind == FusionKind.REDUCTION and o.arity == 1 and "axis" in o.attrs)
 # patterns the rewrites look for, so random graphs exercise them
 PATTERNS = ["neg_neg", "mul_one", "add_zero", "sub_self", "log_exp"]
 SHAPES = {"x": ("N", 4), "w": (4,), "b": ("N", 1)}
@@ -210,13 +212,17 @@ def random_graph(draw, max_ops=7):
     g = Graph("random")
     pool = [g.add_input(TensorType(s, F64), n, "param") for n, s in SHAPES.items()]
     for _ in range(draw(st.integers(2, max_ops))):
-        kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce", "pattern"]))
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce", "row", "pattern"]))
         a = draw(st.sampled_from(pool))
         if kind == "unary":
             new = g.add(draw(st.sampled_from(SAFE_UNARY)), [a])
         elif kind == "binary":
             ok = [b for b in pool if _broadcasts(g.type_of(a).shape, g.type_of(b).shape)]
             new = g.add(draw(st.sampled_from(BINARY)), [a, draw(st.sampled_from(ok))])
+        elif kind == "row":
+            if g.type_of(a).rank == 0:
+                continue
+            new = g.add(draw(st.sampled_from(ROW)), [a])
         elif kind == "reduce":
             rank = g.type_of(a).rank
             if rank == 0:
