@@ -200,6 +200,9 @@ class CpuEmitter:
                 parts += self.emit_loop(k) + [""]
             elif k.kind == "template":
                 parts += self.emit_template(k) + [""]
+            elif k.kind != "view":
+                from .fused import FUSED_EMITTERS   # fused group kinds (fusion pass)
+                parts += FUSED_EMITTERS[k.kind](self, k) + [""]
         driver = [f"@njit({JIT_FLAGS})", f"def run({', '.join(self.driver_params())}):"]
         if self.batch_source is not None:
             driver.append(f"    n = {self.batch_source[0]}.shape[{self.batch_source[1]}]")

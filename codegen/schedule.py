@@ -3,6 +3,9 @@
 A kernel is a ``loop`` (elementwise/broadcast nodes over one iteration space, all
 intermediates in registers), a ``template`` (one op with its own kernel template:
 matmul, reductions, losses), or a ``view`` (reshape: no kernel, a view in the driver).
+Groups the fusion pass marks with another kind in ``graph.meta["group_kinds"]``
+(``matmul_epilogue``, ``template_epilogue``, ``reduce_loop``) are emitted by
+``codegen/fused.py``.
 In-place updates (graph aliases) are decided here: an updated parameter is written
 into its own array when nothing reads the old value afterwards.
 """

@@ -1,20 +1,28 @@
 """The pass pipeline every compiled graph goes through.
 
-``fuse=False`` turns fusion off (the unfused baseline); ``disable`` turns off any pass
-by name. Set ``GRAPHC_VERIFY=1`` (the test suite does) to verify after every pass.
+Order: ``simplify`` (algebraic rewrites) then ``fold`` (constants it exposed), ``cse``
+(merge the duplicates rewrites leave behind), ``dce`` (drop what no output uses) and
+last ``fusion`` (kernel groups; only with ``fuse=True``). ``disable`` turns off any
+pass by name. Set ``GRAPHC_VERIFY=1`` (the test suite does) to verify after every pass.
 
 >>> [name for name, _ in default_passes()]
-['dce']
+['simplify', 'fold', 'cse', 'dce', 'fusion']
+>>> [name for name, _ in default_passes(fuse=False)]
+['simplify', 'fold', 'cse', 'dce']
 """
 from __future__ import annotations
 
 import os
 
-from graphc.passes import PassManager, dce
+from graphc.passes import PassManager, cse, dce, fold, simplify
 
 
 def default_passes(fuse: bool = True):
-    return [("dce", dce)]
+    passes = [("simplify", simplify), ("fold", fold), ("cse", cse), ("dce", dce)]
+    if fuse:
+        from graphc.passes.fusion import fusion
+        passes.append(("fusion", fusion))
+    return passes
 
 
 def optimize(graph, fuse: bool = True, disable=(), snapshot=None):

@@ -1,0 +1,141 @@
+"""Emitters for fused group kinds beyond plain loops (set by the fusion pass).
+
+- ``matmul_epilogue``: ``np.dot`` (BLAS) writes the product into an output buffer of
+  the group, then one loop applies the elementwise epilogue (bias add, activation, ...)
+  reading each element before overwriting it, so no extra buffer is needed.
+- ``template_epilogue``: the same with a row-wise softmax/log_softmax template as head.
+- ``reduce_loop``: (optionally after such a head) one loop nest over the reduction operand's shape computes the
+  elementwise producers per element, stores the ones read elsewhere, and accumulates
+  the reductions (sum, mean, max) into their outputs.
+
+Loops are serial: a prange next to BLAS starves OpenBLAS on small machines.
+"""
+from __future__ import annotations
+
+from graphc.ir import get_op
+
+from .cpu import JIT_FLAGS, TemplateContext, _index, literal, var
+from .schedule import LOOP_KINDS, Kernel
+
+REDUCERS = {"reduce_sum": ("{acc} + {v}", 0.0), "reduce_mean": ("{acc} + {v}", 0.0),
+            "reduce_max": ("max({acc}, {v})", float("-inf"))}
+
+
+def _head(em, k):
+    """The group's head (a matmul or row-wise template op run before the loop).
+
+    Returns ``(head, lines)``; the head is computed into the buffer of a stored value
+    of its shape and dtype (its own if it is stored), which the loop then overwrites
+    element by element after reading it. ``(None, [])`` for a group without a head.
+    """
+    g = em.g
+    heads = [n for n in k.nodes
+             if get_op(g.op_of(n)).kind not in LOOP_KINDS and g.op_of(n) not in REDUCERS]
+    if not heads:
+        return None, []
+    (h,) = heads
+    t = g.type_of(h)
+    tmp = h if h in k.outputs else next(
+        (o for o in k.outputs if g.type_of(o) == t), None)
+    if tmp is None:
+        raise ValueError(f"{k.name}: no stored {t} buffer to compute %{h} into")
+    args = g.args_of(h)
+    attrs = dict(g.nx.nodes[h]["attrs"])
+    lines = [em.comment(h)]
+    if g.op_of(h) == "matmul":
+        lines.append(f"    np.dot({var(args[0])}{'.T' if attrs['ta'] else ''}, "
+                     f"{var(args[1])}{'.T' if attrs['tb'] else ''}, {var(tmp)})")
+    else:
+        ctx = TemplateContext([var(a) for a in args], var(tmp), [g.type_of(a) for a in args],
+                              t, attrs, em.shape_expr)
+        get_op(g.op_of(h)).kernel(ctx)
+        lines += ["    " + line for line in ctx.lines]
+    if tmp != h:
+        lines.append(f"    {var(h)} = {var(tmp)}  # the loop overwrites it element by element")
+    return h, lines
+
+
+def emit_epilogue(em, k) -> list[str]:
+    """A head (matmul: ``np.dot``; softmax: its template) and one elementwise loop."""
+    g = em.g
+    h, head_lines = _head(em, k)
+    rest = [n for n in k.nodes if n != h]
+    outs = [o for o in k.outputs if o != h]
+    if not outs:
+        raise ValueError(f"{k.name}: an epilogue with no stored value")
+    used = {a for n in rest for a in g.args_of(n)}
+    sub_inputs = [v for v in k.inputs if v in used] + [h]
+    loop = em.emit_loop(Kernel(k.index, rest, sub_inputs, outs, "loop", k.name))
+    return [loop[0], em.signature(k)] + head_lines + loop[2:]
+
+
+def emit_reduce_loop(em, k) -> list[str]:
+    g = em.g
+    h, head_lines = _head(em, k)
+    reds = [n for n in k.nodes if g.op_of(n) in REDUCERS]
+    elems = [n for n in k.nodes if n not in reds and n != h]
+    used = {a for n in elems + reds for a in g.args_of(n)}
+    reads = [v for v in k.inputs if v in used] + ([h] if h is not None else [])
+    iter_shape = g.type_of(g.args_of(reds[0])[0]).shape
+    rank = len(iter_shape)
+    names = [f"i{d}" for d in range(rank)]
+    stored = [n for n in elems if n in k.outputs]
+    src = next((v for v in reads + stored if g.type_of(v).shape == iter_shape), None)
+    if src is None:
+        raise ValueError(f"{k.name}: no array of the loop shape to take extents from")
+    for n in stored:
+        if g.type_of(n).shape != iter_shape:
+            raise ValueError(f"{k.name}: stored value %{n} is not of the loop shape")
+
+    def ref(v):
+        shape = g.type_of(v).shape
+        return f"{var(v)}[{_index(shape, iter_shape, names)}]" if shape else f"{var(v)}[()]"
+
+    lines = [f"@njit({JIT_FLAGS})", em.signature(k)] + head_lines
+    lines += [em.comment(n) for n in k.nodes if n != h]
+    for r in reds:
+        init = literal(REDUCERS[g.op_of(r)][1], g.type_of(r).dtype)
+        lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] = {init}")
+    local = {}
+    for v in reads:
+        if not g.type_of(v).shape:
+            lines.append(f"    s{v} = {var(v)}[()]")
+            local[v] = f"s{v}"
+    for d in range(rank):
+        lines.append("    " * (d + 1) + f"for i{d} in range({var(src)}.shape[{d}]):")
+    ind = "    " * (rank + 1)
+    for v in reads:
+        if v not in local:
+            lines.append(f"{ind}x{v} = {ref(v)}")
+            local[v] = f"x{v}"
+    for n in elems:
+        d = g.nx.nodes[n]
+        lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
+        expr = get_op(d["op"]).scalar([local[a] for a in d["args"]], dict(d["attrs"]), lit)
+        lines.append(f"{ind}t{n} = {expr}")
+        local[n] = f"t{n}"
+    for n in stored:
+        lines.append(f"{ind}{ref(n)} = t{n}")
+    for r in reds:
+        attrs = dict(g.nx.nodes[r]["attrs"])
+        axes = attrs["axes"] if attrs["axes"] is not None else tuple(range(rank))
+        if attrs["keepdims"]:
+            idx = ["0" if a in axes else names[a] for a in range(rank)]
+        else:
+            idx = [names[a] for a in range(rank) if a not in axes]
+        out = f"{var(r)}[{', '.join(idx) if idx else '()'}]"
+        (x,) = g.args_of(r)
+        lines.append(f"{ind}{out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
+    for r in reds:
+        if g.op_of(r) == "reduce_mean":
+            attrs = dict(g.nx.nodes[r]["attrs"])
+            axes = attrs["axes"] if attrs["axes"] is not None else tuple(range(rank))
+            count = " * ".join(f"{var(src)}.shape[{a}]" for a in axes) or "1"
+            one = literal(1.0, g.type_of(r).dtype)
+            lines.append(f"    scale{r} = {one} / ({count})")
+            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] *= scale{r}")
+    return lines
+
+
+FUSED_EMITTERS = {"matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
+                  "reduce_loop": emit_reduce_loop}

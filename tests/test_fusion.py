@@ -1,0 +1,209 @@
+"""Fusion: fused and unfused compiled training steps agree with each other and with the
+NumPy interpreter; the MLP step needs at most half the kernels; random graphs compile
+to the same values and gradients fused and unfused; groups are convex and capped."""
+import sys
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import graphc as gc
+from graphc.codegen import build_schedule, compile_graph
+from graphc.ir import Graph, TensorType, interpret
+from graphc.passes.fusion import MAX_GROUP
+from graphc.pipeline import optimize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from mlp_digits import MLP  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_passes import SHAPES, assert_close, random_graph, random_inputs  # noqa: E402
+
+STEPS = 10
+
+
+@pytest.fixture(autouse=True)
+def _verify_each(monkeypatch):
+    monkeypatch.setenv("GRAPHC_VERIFY", "1")
+
+
+class SigmoidTanhMLP(gc.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = gc.nn.Linear(6, 8)
+        self.fc2 = gc.nn.Linear(8, 5)
+        self.fc3 = gc.nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = gc.nn.functional.sigmoid(self.fc1(x))
+        return self.fc3(gc.nn.functional.tanh(self.fc2(h)))
+
+
+def interpret_steps(model, x, y, steps):
+    """The traced (unoptimized) training graph run by the NumPy interpreter."""
+    g = model._graph("train", raw=True)
+    names = g.input_names()
+    values = {"x": x, "y": y, "lr": np.array(model.optimizer.lr)}
+    values.update(model.parameters())
+    for nid in g.inputs:
+        name = g.nx.nodes[nid]["name"]
+        if name not in values:
+            values[name] = np.zeros(g.type_of(nid).shape)
+    for _ in range(steps):
+        outs = interpret(g, values)
+        for o, i in g.aliases.items():
+            values[names[i]] = outs[o]
+    return {n: values[n] for n in model.parameters()}
+
+
+def _case(name):
+    gc.manual_seed(0)
+    rng = np.random.default_rng(0)
+    if name == "mlp_digits":
+        net, shape, loss = MLP(hidden=16), (None, 64), "cross_entropy"
+        x, y = rng.normal(size=(12, 64)), rng.integers(0, 10, 12)
+    else:
+        net, shape, loss = SigmoidTanhMLP(), (None, 6), "mse"
+        x, y = rng.normal(size=(12, 6)), rng.normal(size=(12, 3))
+    models = {fuse: gc.compile(net, input_shape=shape, loss=loss, dtype="float64", fuse=fuse,
+                               optimizer=gc.optim.SGD(lr=0.1, momentum=0.9))
+              for fuse in (True, False)}
+    return models, x, y
+
+
+@pytest.fixture(scope="module", params=["mlp_digits", "sigmoid_tanh_mse"])
+def trained(request):
+    models, x, y = _case(request.param)
+    start = models[True].parameters()
+    want = interpret_steps(models[True], x, y, STEPS)
+    for m in models.values():
+        for _ in range(STEPS):
+            m.train_step(x, y)
+    return request.param, models, start, want
+
+
+def test_fused_and_unfused_steps_agree_with_the_interpreter(trained):
+    _, models, start, want = trained
+    fused, unfused = models[True].parameters(), models[False].parameters()
+    for name in want:
+        assert not np.allclose(fused[name], start[name])     # training moved the weights
+        np.testing.assert_allclose(fused[name], unfused[name], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(fused[name], want[name], rtol=1e-9, atol=1e-12)
+
+
+def test_fusion_at_least_halves_the_training_step_kernels(trained):
+    name, models, _, _ = trained
+    fused, unfused = models[True].kernel_count("train"), models[False].kernel_count("train")
+    assert 2 * fused <= unfused, (name, fused, unfused)
+    src = models[True].source
+    assert "np.dot" in src and "prange" not in src and "parallel" not in src
+
+
+def test_mlp_kernels_use_every_fused_kind(trained):
+    name, models, _, _ = trained
+    if name != "mlp_digits":
+        pytest.skip("checked on the MLP")
+    kinds = {k.kind for k in models[True]._exe("train").schedule.kernels}
+    assert {"loop", "matmul_epilogue", "reduce_loop"} <= kinds
+    # the four parameter updates are one in-place loop each
+    sched = models[True]._exe("train").schedule
+    assert len(sched.inplace) == 8 and not sched.copy_back
+
+
+def test_groups_are_convex_and_capped(trained):
+    _, models, _, _ = trained
+    g = models[True]._graph("train")
+    groups = {}
+    for n, d in g.nx.nodes(data=True):
+        if d.get("group") is not None:
+            groups.setdefault(d["group"], set()).add(n)
+    assert groups and all(len(m) <= MAX_GROUP for m in groups.values())
+    for members in groups.values():
+        outside = {d for n in members for d in nx.descendants(g.nx, n)} - members
+        for n in outside:
+            assert not (nx.descendants(g.nx, n) & members), "a path leaves the group and re-enters"
+    build_schedule(g)      # raises on a cyclic kernel order
+
+
+def test_fusion_dump_shows_the_kernel_of_each_node(trained):
+    _, models, _, _ = trained
+    text = models[True].ir("train", after="fusion")
+    assert "@k" in text
+    assert "fusion" in models[True].pass_report("train")
+
+
+# ---------------------------------------------------------------- random graphs, compiled
+# derandomized: the same graphs every run, so Numba's on-disk cache makes reruns cheap
+# (each new graph costs seconds of compilation); the interpreter-only property test in
+# test_passes.py explores freely
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(random_graph(max_ops=6), st.integers(0, 2**16))
+def test_random_graphs_compile_to_the_interpreters_values(g, seed):
+    inputs = random_inputs(seed, batch=4)
+    want = interpret(g, inputs)
+    for fuse in (False, True):
+        h, _ = optimize(g.copy(), fuse=fuse)
+        assert_close(compile_graph(h).run(inputs), want)
+
+
+def test_reduce_loop_kinds_and_keepdims_compile():
+    g = Graph("reduce_loop")
+    x = g.add_input(TensorType(("N", 5), "float64"), "x")
+    b = g.add_input(TensorType((5,), "float64"), "b")
+    e = g.add("tanh", [g.add("add", [x, b])])
+    outs = [g.add(op, [e], {"axes": axes, "keepdims": keep})
+            for op, axes, keep in (("reduce_sum", (0,), False), ("reduce_mean", (1,), True),
+                                   ("reduce_max", None, False))]
+    g.set_outputs(outs + [e])
+    inputs = {"x": np.random.default_rng(2).normal(size=(7, 5)), "b": np.arange(5.0)}
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    assert [k.kind for k in exe.schedule.kernels] == ["reduce_loop"]
+    assert_close(exe.run(inputs), interpret(g, inputs))
+
+
+def test_float32_matmul_epilogue():
+    g = Graph("epilogue32")
+    x = g.add_input(TensorType(("N", 3), "float32"), "x")
+    w = g.add_input(TensorType((4, 3), "float32"), "w")
+    b = g.add_input(TensorType((4,), "float32"), "b")
+    z = g.add("matmul", [x, w], {"tb": True})
+    g.set_outputs([g.add("sigmoid", [g.add("add", [z, b])]), z])
+    rng = np.random.default_rng(3)
+    inputs = {"x": rng.normal(size=(6, 3)).astype("float32"),
+              "w": rng.normal(size=(4, 3)).astype("float32"),
+              "b": rng.normal(size=(4,)).astype("float32")}
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    assert [k.kind for k in exe.schedule.kernels] == ["matmul_epilogue"]
+    for a, want in zip(exe.run(inputs), interpret(g, inputs)):
+        np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
+
+
+def test_reduction_over_a_loop_with_no_full_shaped_input_still_compiles():
+    # the only (N, 4) operand is a constant, which fusion copies into the group: the
+    # reduction must then not join (the loop would have no array to take extents from)
+    g = Graph("extents")
+    w = g.add_input(TensorType((4,), "float64"), "w")
+    b = g.add_input(TensorType(("N", 1), "float64"), "b")
+    e = g.add("mul", [g.add("add", [w, b]), g.constant(2.0, "float64", ("N", 4))])
+    g.set_outputs([g.add("reduce_sum", [e], {"axes": (1,)})])
+    inputs = {"w": np.arange(4.0), "b": np.ones((3, 1))}
+    h, _ = optimize(g.copy())
+    assert_close(compile_graph(h).run(inputs), interpret(g, inputs))
+
+
+def test_softmax_heads_its_elementwise_consumers():
+    g = Graph("softmax_head")
+    x = g.add_input(TensorType(("N", 4), "float64"), "x")
+    t = g.add_input(TensorType(("N", 4), "float64"), "t")
+    p = g.add("softmax", [x])
+    g.set_outputs([g.add("mul", [g.add("sub", [p, t]), t])])
+    inputs = {"x": np.random.default_rng(4).normal(size=(5, 4)), "t": np.full((5, 4), 0.25)}
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    assert [k.kind for k in exe.schedule.kernels] == ["template_epilogue"]
+    assert_close(exe.run(inputs), interpret(g, inputs))
