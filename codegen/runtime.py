@@ -142,7 +142,8 @@ class Executable:
         With ``copy=False`` the outputs are the runtime's own buffers, overwritten by the
         next call with the same batch size (from any thread); a steady-state call then
         allocates no array. ``copy`` may also be a set of output indices to copy, e.g.
-        ``{0}`` for a loss read after the call returns. ``trusted``: see :meth:`prepare`.
+        ``{0}`` for a loss read after the call returns (rank-0 ones come back as Python
+        scalars). ``trusted``: see :meth:`prepare`.
         """
         arrays, batch = self.prepare(inputs, trusted)
         with self._lock:
@@ -157,7 +158,9 @@ class Executable:
             if copy is True:
                 outs = [o.copy() for o in outs]
             elif copy:   # copied under the lock: another thread may reuse the buffers
-                outs = [o.copy() if i in copy else o for i, o in enumerate(outs)]
+                # (a rank-0 output becomes a Python scalar: no array per step)
+                outs = [(o.item() if o.ndim == 0 else o.copy()) if i in copy else o
+                        for i, o in enumerate(outs)]
         return outs
 
     def collect(self, arrays, bufs):
