@@ -3,7 +3,7 @@
 conv -> relu -> max-pool twice, ``x.view(-1, n)``, then three Linear layers. The 8x8
 images use 3x3 convolutions with padding 1 (8x8 -> pool 4x4 -> pool 2x2).
 
-    python examples/lenet_digits.py [--epochs 15] [--no-fuse] [--dtype float64]
+    python examples/lenet_digits.py [--epochs 30] [--no-fuse] [--dtype float64]
 """
 import argparse
 import time
@@ -45,7 +45,7 @@ def load(seed=0, dtype="float32"):
     return xtr.reshape(-1, 1, 8, 8), ytr, xte.reshape(-1, 1, 8, 8), yte
 
 
-def train(epochs=15, batch_size=32, lr=0.05, fuse=True, dtype="float32", seed=0, verbose=True):
+def train(epochs=30, batch_size=32, lr=0.03, fuse=True, dtype="float32", seed=0, verbose=True):
     """Returns (test accuracy, per-epoch mean losses, compiled model)."""
     gc.manual_seed(seed)
     xtr, ytr, xte, yte = load(seed, dtype)
@@ -69,7 +69,7 @@ def train(epochs=15, batch_size=32, lr=0.05, fuse=True, dtype="float32", seed=0,
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--no-fuse", action="store_true")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = ap.parse_args()

@@ -97,7 +97,7 @@ def reduction_kernel(combine, init, finish=None):
 
 
 def _mean_finish(acc, count, ctx):
-    return f"{acc} / {count}"
+    return f"{acc} / ({count})"   # count may be a product of several sizes
 
 
 _SAMPLES = (Sample(shapes=((3, 4),), attrs={"axes": (1,)}),
