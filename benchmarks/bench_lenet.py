@@ -6,8 +6,13 @@ cross-entropy, SGD with momentum. Run with OpenBLAS at full speed:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_lenet.py
 
 torch is compared only if it is importable (it is not a dependency).
+
+On a busy 2-core machine OpenBLAS's own threads stall the small fully-connected matmuls
+(~30 ms each instead of ~0.1 ms); ``OPENBLAS_NUM_THREADS=1`` avoids that. The printed
+line says which setting was used.
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -91,7 +96,8 @@ def main():
     y = rng.integers(0, 10, args.batch)
     ms, compile_s = bench_graphc(x, y, not args.no_fuse, args.dtype, args.warmup, args.repeat)
     print(f"graphc LeNet train step, batch {args.batch}, {args.dtype}: {ms:.2f} ms/step "
-          f"(median of {args.repeat}; compile + first step {compile_s:.1f} s)")
+          f"(median of {args.repeat}; compile + first step {compile_s:.1f} s; "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
     torch_ms = bench_torch(x, y, args.warmup, args.repeat)
     if torch_ms is None:
         print("torch: not installed, no comparison")
