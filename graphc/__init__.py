@@ -32,3 +32,4 @@ __all__ = [
     "GraphcError", "ShapeError", "DTypeError", "OpError", "GraphError", "SpecError",
     "InputError", "CompileError", "NumericError",
 ]
+from .functional import avg_pool2d, batch_norm, conv2d, dropout, max_pool2d  # noqa: E402,F401

@@ -130,3 +130,124 @@ def get_loss(name):
         return LOSSES[name]
     except (KeyError, TypeError):
         raise OpError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}") from None
+
+
+# --- convolutional networks ------------------------------------------------------
+
+def _pair(v, what):
+    t = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(t) != 2 or not all(isinstance(i, int) for i in t):
+        raise ShapeError(f"{what} must be an int or a pair of ints, got {v!r}")
+    return t
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+    """``F.conv2d``: NCHW input, weight ``(out, in/groups, kh, kw)``, optional bias ``(out,)``.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda x, w: gc.functional.conv2d(x, w, padding=1))(
+    ...     np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3)))[0, 0, 1, 1]
+    9.0
+    """
+    x, w = as_tensor(input), as_tensor(weight)
+    if padding == "valid":
+        padding = 0
+    if isinstance(padding, str):
+        raise ShapeError(f"conv2d padding {padding!r}: graphc supports ints, pairs and 'valid'")
+    attrs = {"stride": _pair(stride, "stride"), "padding": _pair(padding, "padding"),
+             "dilation": _pair(dilation, "dilation"), "groups": int(groups)}
+    y = x._new("conv2d", [x, w], attrs)
+    if bias is not None:
+        b = as_tensor(bias)
+        y = y + b.reshape(b.shape[0], 1, 1)
+    return y
+
+
+def _pool_attrs(kernel_size, stride, padding):
+    k = _pair(kernel_size, "kernel_size")
+    s = k if stride is None or stride == () or stride == [] else _pair(stride, "stride")
+    return {"kernel": k, "stride": s, "padding": _pair(padding, "padding")}
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,  # noqa: A002
+               return_indices=False):
+    """``F.max_pool2d`` (stride defaults to the kernel size; -inf padding)."""
+    if dilation not in (1, (1, 1)) or ceil_mode or return_indices:
+        raise ShapeError("max_pool2d: dilation, ceil_mode and return_indices are not supported")
+    x = as_tensor(input)
+    return x._new("max_pool2d", [x], _pool_attrs(kernel_size, stride, padding))
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,  # noqa: A002
+               count_include_pad=True, divisor_override=None):
+    """``F.avg_pool2d`` with its defaults (padding counted in the divisor)."""
+    if ceil_mode or not count_include_pad or divisor_override is not None:
+        raise ShapeError("avg_pool2d: ceil_mode, count_include_pad=False and divisor_override "
+                         "are not supported")
+    x = as_tensor(input)
+    return x._new("avg_pool2d", [x], _pool_attrs(kernel_size, stride, padding))
+
+
+def _state(t):
+    """A Buffer or Tensor as a Tensor (buffers are not TensorOps)."""
+    return t._t() if hasattr(t, "_t") else as_tensor(t)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
+               training=False, momentum=0.1, eps=1e-5):
+    """``F.batch_norm`` over dim 1 of (N, C), (N, C, L) or (N, C, H, W).
+
+    Training: normalise with the batch mean and biased variance; running buffers (gc.nn
+    Buffers) get ``(1 - momentum) * old + momentum * new`` with the unbiased variance,
+    as PyTorch. Eval: normalise with the running statistics. Built from IR ops, so its
+    gradient comes from autodiff.
+    """
+    x = as_tensor(input)
+    if x.ndim < 2:
+        raise ShapeError(f"batch_norm needs input (N, C, ...), got {format_shape(x.shape)}")
+    C = x.shape[1]
+    axes = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, C) + (1,) * (x.ndim - 2)
+    if training:
+        mean = reduce("reduce_mean", x, axes, True)
+        xc = x - mean
+        var = reduce("reduce_mean", xc * xc, axes, True)
+        if running_mean is not None and running_var is not None:
+            count = x._new("shape_size", [x], {"axes": axes, "dtype": x.dtype})
+            unbiased = var.reshape(C) * (count / (count - 1.0))
+            rm, rv = _state(running_mean), _state(running_var)
+            running_mean.update(rm * (1.0 - momentum) + mean.reshape(C) * momentum)
+            running_var.update(rv * (1.0 - momentum) + unbiased * momentum)
+    else:
+        if running_mean is None or running_var is None:
+            raise ShapeError("batch_norm in eval mode needs running_mean and running_var")
+        mean = _state(running_mean).reshape(bshape)
+        var = _state(running_var).reshape(bshape)
+        xc = x - mean
+    y = xc * ((var + eps) ** -0.5)
+    if weight is not None:
+        y = y * as_tensor(weight).reshape(bshape)
+    if bias is not None:
+        y = y + as_tensor(bias).reshape(bshape)
+    return y
+
+
+def dropout(input, p=0.5, training=True, inplace=False, seed=None):  # noqa: A002
+    """``F.dropout``: zero elements with probability ``p``, scale the rest by 1/(1-p).
+
+    In training mode the mask comes from ``seed`` (a rank-0 Tensor or gc.nn Buffer holding
+    an integer; gc.nn.Dropout keeps one and advances it every training step). At eval, or
+    with p == 0, it is the identity.
+    """
+    x = as_tensor(input)
+    if not 0.0 <= p <= 1.0:
+        raise ShapeError(f"dropout probability has to be between 0 and 1, got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    if seed is None:
+        raise ShapeError("F.dropout in training mode needs seed= (a rank-0 tensor); "
+                         "gc.nn.Dropout keeps and advances its own seed")
+    mask = x._new("dropout_mask", [x, _state(seed)], {"p": float(p)})
+    return x * mask

@@ -138,7 +138,10 @@ class TensorOps:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         t = self._t()
-        target = resolve_reshape(t.type.shape, shape)
+        try:
+            target = resolve_reshape(t.type.shape, shape)
+        except ShapeError as exc:
+            raise ShapeError(_where(t) + str(exc)) from None
         if target == t.type.shape:
             return t
         return t._new("reshape", [t], {"shape": target})
@@ -212,6 +215,18 @@ class Tensor(TensorOps):
 
     def __array__(self, *a, **k):
         raise ShapeError("a traced Tensor cannot become a NumPy array during tracing")
+
+
+def _where(t: "Tensor") -> str:
+    """``"in 'Net', the output of 'conv2': "``: where a traced shape error happened."""
+    ctx = active()
+    parts = []
+    if ctx is not None and ctx.scope:
+        parts.append(f"in {ctx.scope[-1]!r}")
+    src = t.graph.nx.nodes[t.id].get("name")
+    if src and (not parts or src != ctx.scope[-1]):
+        parts.append(f"the output of {src!r}")
+    return (", ".join(parts) + ": ") if parts else ""
 
 
 def as_tensor(value, like: Tensor | None = None) -> Tensor:

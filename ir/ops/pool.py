@@ -1,0 +1,226 @@
+"""2-D max and average pooling (NCHW) and their gradient ops, as direct loop nests.
+
+``max_pool2d`` pads with -inf (as PyTorch); its gradient op recomputes each window's
+argmax (the first maximum in row-major window order) and routes the gradient there.
+``avg_pool2d`` divides by the full window size (PyTorch's ``count_include_pad=True``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..registry import FusionKind, OpDef, REQUIRED, Sample, register
+from ..types import TensorType, format_shape
+from ._util import float_dtype, same_dtype
+from .conv import out_size
+
+POOL_ATTRS = {"kernel": REQUIRED, "stride": REQUIRED, "padding": (0, 0)}
+
+
+def pool_out_hw(x_shape, a, what):
+    k, s, p = a["kernel"], a["stride"], a["padding"]
+    if any(v < 1 for v in tuple(k) + tuple(s)):
+        raise ShapeError(f"{what}: kernel {tuple(k)} and stride {tuple(s)} must be >= 1")
+    if any(p[i] < 0 or 2 * p[i] > k[i] for i in range(2)):
+        raise ShapeError(f"{what}: padding {tuple(p)} must be at most half the kernel "
+                         f"{tuple(k)}")
+    hw = x_shape[2:]
+    padded = tuple(hw[i] + 2 * p[i] for i in range(2))
+    if k[0] > padded[0] or k[1] > padded[1]:
+        raise ShapeError(f"{what}: kernel {k[0]}x{k[1]} is larger than the padded input "
+                         f"{padded[0]}x{padded[1]} (input {format_shape(x_shape)}, padding "
+                         f"{tuple(p)})")
+    return tuple(out_size(hw[i], k[i], s[i], p[i], 1) for i in range(2))
+
+
+def _pool_infer(what):
+    def infer(types, attrs):
+        x = types[0]
+        float_dtype(x, what)
+        if x.rank != 4:
+            raise ShapeError(f"{what} needs input (N, C, H, W), got {format_shape(x.shape)}")
+        oh, ow = pool_out_hw(x.shape, attrs, what)
+        return TensorType(x.shape[:2] + (oh, ow), x.dtype)
+    return infer
+
+
+def _windows(x, a, fill):
+    """(N, C, OH, OW, KH*KW) view of every pooling window of the padded input."""
+    k, s, p = a["kernel"], a["stride"], a["padding"]
+    N, C, H, W = x.shape
+    oh, ow = (out_size(H, k[0], s[0], p[0], 1), out_size(W, k[1], s[1], p[1], 1))
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=fill)
+    wins = [xp[:, :, i: i + s[0] * (oh - 1) + 1: s[0], j: j + s[1] * (ow - 1) + 1: s[1]]
+            for i in range(k[0]) for j in range(k[1])]
+    return np.stack(wins, axis=-1), xp.shape
+
+
+def np_max_pool2d(x, a):
+    return _windows(x, a, -np.inf)[0].max(axis=-1)
+
+
+def np_max_pool2d_grad(x, gout, a):
+    k, s, p = a["kernel"], a["stride"], a["padding"]
+    wins, pshape = _windows(x, a, -np.inf)
+    arg = wins.argmax(axis=-1)                       # first maximum, as the kernel
+    N, C, oh, ow = arg.shape
+    n, c, i, j = np.indices(arg.shape)
+    rows = i * s[0] + arg // k[1]
+    cols = j * s[1] + arg % k[1]
+    dxp = np.zeros(pshape, dtype=gout.dtype)
+    np.add.at(dxp, (n, c, rows, cols), gout)
+    return dxp[:, :, p[0]:p[0] + x.shape[2], p[1]:p[1] + x.shape[3]]
+
+
+def np_avg_pool2d(x, a):
+    return _windows(x, a, 0.0)[0].mean(axis=-1)
+
+
+def np_avg_pool2d_grad(gout, a):
+    k, s, p = a["kernel"], a["stride"], a["padding"]
+    H, W = a["in_hw"]
+    N, C, oh, ow = gout.shape
+    dxp = np.zeros((N, C, H + 2 * p[0], W + 2 * p[1]), dtype=gout.dtype)
+    share = gout / (k[0] * k[1])
+    for i in range(k[0]):
+        for j in range(k[1]):
+            dxp[:, :, i: i + s[0] * (oh - 1) + 1: s[0], j: j + s[1] * (ow - 1) + 1: s[1]] += share
+    return dxp[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
+
+
+# --------------------------------------------------------------- kernel templates
+def _geo(ctx, in_hw, out_hw):
+    k, s, p = ctx.attrs["kernel"], ctx.attrs["stride"], ctx.attrs["padding"]
+    return dict(KH=k[0], KW=k[1], S0=s[0], S1=s[1], P0=p[0], P1=p[1], H=in_hw[0],
+                W=in_hw[1], OH=out_hw[0], OW=out_hw[1])
+
+
+def _emit_windows(ctx, g, x4, body_open):
+    """Loops over every output pixel; ``body_open`` lines run per window."""
+    e = ctx.emit
+    e(f"for b in range({x4}.shape[0]):")
+    e(f"    for c in range({x4}.shape[1]):")
+    e(f"        for oh in range({g['OH']}):")
+    e(f"            h0 = oh * {g['S0']} - {g['P0']}")
+    e(f"            for ow in range({g['OW']}):")
+    e(f"                w0 = ow * {g['S1']} - {g['P1']}")
+    for line in body_open:
+        e("                " + line)
+
+
+def _window_loop(g):
+    return [f"for i in range(max(h0, 0), min(h0 + {g['KH']}, {g['H']})):",
+            f"    for j in range(max(w0, 0), min(w0 + {g['KW']}, {g['W']})):"]
+
+
+def _max_kernel(ctx):
+    x, out = ctx.args[0], ctx.out
+    g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.out_type.shape[2:])
+    _emit_windows(ctx, g, x, ["m = -np.inf"] + _window_loop(g) + [
+        f"        v = {x}[b, c, i, j]",
+        "        if v > m:",
+        "            m = v",
+        f"{out}[b, c, oh, ow] = m"])
+
+
+def _max_grad_kernel(ctx):
+    x, gout, dx = ctx.args[0], ctx.args[1], ctx.out
+    g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.in_types[1].shape[2:])
+    ctx.emit(f"{dx}[:] = {ctx.lit(0.0)}")
+    _emit_windows(ctx, g, x, ["m = -np.inf", "bi = -1", "bj = -1"] + _window_loop(g) + [
+        f"        v = {x}[b, c, i, j]",
+        "        if v > m:",
+        "            m = v",
+        "            bi = i",
+        "            bj = j",
+        "if bi >= 0:",
+        f"    {dx}[b, c, bi, bj] += {gout}[b, c, oh, ow]"])
+
+
+def _avg_kernel(ctx):
+    x, out = ctx.args[0], ctx.out
+    g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.out_type.shape[2:])
+    inv = ctx.lit(1.0 / (g["KH"] * g["KW"]))
+    _emit_windows(ctx, g, x, [f"acc = {ctx.lit(0.0)}"] + _window_loop(g) + [
+        f"        acc += {x}[b, c, i, j]",
+        f"{out}[b, c, oh, ow] = acc * {inv}"])
+
+
+def _avg_grad_kernel(ctx):
+    gout, dx = ctx.args[0], ctx.out
+    g = _geo(ctx, ctx.out_type.shape[2:], ctx.in_types[0].shape[2:])
+    inv = ctx.lit(1.0 / (g["KH"] * g["KW"]))
+    ctx.emit(f"{dx}[:] = {ctx.lit(0.0)}")
+    _emit_windows(ctx, g, gout, [f"share = {gout}[b, c, oh, ow] * {inv}"] + _window_loop(g) + [
+        f"        {dx}[b, c, i, j] += share"])
+
+
+# --------------------------------------------------------------- declarations
+def _pool_attrs(node):
+    return {k: node.attrs[k] for k in ("kernel", "stride", "padding")}
+
+
+def _max_grad_infer(types, attrs):
+    x, gt = types
+    same_dtype(types, "max_pool2d_grad")
+    if x.rank != 4 or gt.shape != _pool_infer("max_pool2d_grad")([x], attrs).shape:
+        raise ShapeError(f"max_pool2d_grad: gradient {format_shape(gt.shape)} does not fit "
+                         f"input {format_shape(x.shape)}")
+    return x
+
+
+def _avg_grad_infer(types, attrs):
+    (gt,) = types
+    float_dtype(gt, "avg_pool2d_grad")
+    full = TensorType(gt.shape[:2] + tuple(attrs["in_hw"]), gt.dtype)
+    if gt.rank != 4 or _pool_infer("avg_pool2d_grad")([full], attrs).shape != gt.shape:
+        raise ShapeError(f"avg_pool2d_grad: gradient {format_shape(gt.shape)} does not fit "
+                         f"input size {attrs['in_hw']}")
+    return full
+
+
+_POOL_SAMPLES = (
+    Sample(shapes=((2, 3, 4, 4),), attrs={"kernel": (2, 2), "stride": (2, 2)}, batch_dims=(0,)),
+    Sample(shapes=((1, 2, 5, 7),), attrs={"kernel": (3, 2), "stride": (2, 1),
+                                          "padding": (1, 1)}),
+    Sample(shapes=((2, 1, 5, 5),), attrs={"kernel": (3, 3), "stride": (1, 1)}),
+)
+
+register(OpDef(
+    name="max_pool2d", infer=_pool_infer("max_pool2d"), kind=FusionKind.OPAQUE, arity=1,
+    impl=lambda xs, a, shape: np_max_pool2d(xs[0], a), kernel=_max_kernel,
+    vjp=lambda g, node, grad: [g.add("max_pool2d_grad", [node.args[0], grad],
+                                     _pool_attrs(node))],
+    attrs=dict(POOL_ATTRS), samples=_POOL_SAMPLES,
+    doc="Maximum over each kernel window (F.max_pool2d, -inf padding)."))
+
+register(OpDef(
+    name="max_pool2d_grad", infer=_max_grad_infer, kind=FusionKind.OPAQUE, arity=2,
+    impl=lambda xs, a, shape: np_max_pool2d_grad(xs[0], xs[1], a), kernel=_max_grad_kernel,
+    attrs=dict(POOL_ATTRS), differentiable=False,
+    samples=(Sample(shapes=((2, 3, 4, 4), (2, 3, 2, 2)), attrs={"kernel": (2, 2),
+                                                                 "stride": (2, 2)}),
+             Sample(shapes=((1, 2, 5, 7), (1, 2, 3, 8)),
+                    attrs={"kernel": (3, 2), "stride": (2, 1), "padding": (1, 1)}),
+             Sample(shapes=((2, 1, 5, 5), (2, 1, 3, 3)), attrs={"kernel": (3, 3),
+                                                                 "stride": (1, 1)})),
+    doc="Gradient of max_pool2d: each window's output gradient goes to its argmax."))
+
+register(OpDef(
+    name="avg_pool2d", infer=_pool_infer("avg_pool2d"), kind=FusionKind.OPAQUE, arity=1,
+    impl=lambda xs, a, shape: np_avg_pool2d(xs[0], a), kernel=_avg_kernel,
+    vjp=lambda g, node, grad: [g.add("avg_pool2d_grad", [grad],
+                                     dict(_pool_attrs(node),
+                                          in_hw=tuple(g.type_of(node.args[0]).shape[2:])))],
+    attrs=dict(POOL_ATTRS), samples=_POOL_SAMPLES,
+    doc="Mean over each kernel window, padding counted (F.avg_pool2d defaults)."))
+
+register(OpDef(
+    name="avg_pool2d_grad", infer=_avg_grad_infer, kind=FusionKind.OPAQUE, arity=1,
+    impl=lambda xs, a, shape: np_avg_pool2d_grad(xs[0], a), kernel=_avg_grad_kernel,
+    attrs=dict(POOL_ATTRS, in_hw=REQUIRED), differentiable=False,
+    samples=(Sample(shapes=((2, 3, 2, 2),), attrs={"kernel": (2, 2), "stride": (2, 2),
+                                                   "in_hw": (4, 4)}),
+             Sample(shapes=((1, 2, 3, 8),), attrs={"kernel": (3, 2), "stride": (2, 1),
+                                                   "padding": (1, 1), "in_hw": (5, 7)})),
+    doc="Gradient of avg_pool2d: each output gradient spread evenly over its window."))
