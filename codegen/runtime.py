@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 
 import numpy as np
+from numba import njit
 from numba.core.errors import NumbaError
 
 from graphc.ir import BATCH, CompileError, InputError
@@ -27,7 +28,17 @@ from .cache import load_module
 from .cpu import emit_cpu_source
 from .schedule import build_schedule
 
-MAX_BATCH_SIZES = 8   # buffer sets kept (least recently used dropped)
+MAX_BATCH_SIZES = 8
+
+
+@njit(cache=True, nogil=True)
+def first_outside(labels, classes):
+    """Index of the first label outside [0, classes), or -1 (no temporaries, unlike
+    ``labels.min()``, so checking labels allocates nothing per step)."""
+    for i in range(labels.size):
+        if labels[i] < 0 or labels[i] >= classes:
+            return i
+    return -1   # buffer sets kept (least recently used dropped)
 _DTYPES = {name: np.dtype(name) for name in ("float32", "float64", "int64")}
 
 
@@ -110,10 +121,10 @@ class Executable:
                         raise InputError(f"input {name!r} has batch size {arr.shape[axis]} "
                                          f"but {batch_from!r} has {batch}")
             classes = self.label_classes.get(name)
-            if classes is not None and arr.size:
-                lo, hi = int(arr.min()), int(arr.max())
-                if lo < 0 or hi >= classes:
-                    bad = lo if lo < 0 else hi
+            if classes is not None:
+                at = first_outside(arr.reshape(-1), classes)
+                if at >= 0:
+                    bad = int(arr.reshape(-1)[at])
                     raise InputError(f"input {name!r}: label {bad} is out of range for "
                                      f"{classes} classes (valid 0..{classes - 1})")
             arrays.append(arr)

@@ -78,7 +78,9 @@ def _nrt_allocations(step):
 def _driver_arrays(m):
     """Array arguments of the driver: Numba wraps each in an NRT meminfo per call."""
     exe = m._exe("train")
-    return len(exe.graph.inputs) + len(exe.schedule.buffers) + len(exe.schedule.out_copies)
+    # plus one for each label input handed to the compiled label-range check
+    return len(exe.graph.inputs) + len(exe.schedule.buffers) + len(exe.schedule.out_copies) \
+        + len(exe.label_classes)
 
 
 def _dispatch_baseline(m, x, y):
