@@ -204,7 +204,7 @@ class CudaEmitter:
                  f"# numba {numba.__version__}, numpy {np.__version__}; "
                  f"{self.threads} threads per block, matmul tile {self.tile}",
                  "import math", "import numpy as np",
-                 "from numba import cuda, float32, float64, int64", "",
+                 "from numba import cuda, float32, float64, int64, uint64", "",
                  f"THREADS = {self.threads}", "",
                  "def _blocks(size):",
                  "    return max(1, min((size + THREADS - 1) // THREADS, "

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..registry import FusionKind, OpDef, REQUIRED, Sample, register
 from ..types import TensorType, format_shape
+from . import _cuda
 from ._util import same_dtype
 
 CONV_ATTRS = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1}
@@ -272,6 +273,84 @@ def _grad_weight_kernel(ctx):
     ctx.emit(f"                dw2[grp * {g.Og} + o, k] += part[o, k]")
 
 
+# --------------------------------------------------------------- CUDA templates
+# Direct kernels, one thread (or, for the weight gradient, one block) per output element;
+# both gradients are gathers, so no thread writes another's element and no atomics are
+# needed. The summation order differs from the CPU's BLAS, within rounding.
+def _cuda_conv_kernel(ctx):
+    x, w, out = ctx.args[0], ctx.args[1], ctx.out
+    g = _Geo(ctx.in_types[0].shape[1:], ctx.in_types[1].shape, ctx.out_type.shape[2:],
+             ctx.attrs)
+    _cuda.grid_stride(ctx, f"{out}.size")
+    _cuda.unravel(ctx, "idx", [("b", f"{out}.shape[0]"), ("o", str(g.O)), ("oh", str(g.OH)),
+                               ("ow", str(g.OW))], "    ")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e(f"grp = o // {g.Og}")
+    e(f"acc = {ctx.lit(0.0)}")
+    e(f"for c in range({g.Cg}):")
+    e(f"    ch = grp * {g.Cg} + c")
+    e(f"    for kh in range({g.KH}):")
+    e(f"        ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
+    e(f"        if ih >= 0 and ih < {g.H}:")
+    e(f"            for kw in range({g.KW}):")
+    e(f"                iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
+    e(f"                if iw >= 0 and iw < {g.W}:")
+    e(f"                    acc += {x}[b, ch, ih, iw] * {w}[o, c, kh, kw]")
+    e(f"{out}[b, o, oh, ow] = acc")
+
+
+def _cuda_grad_input_kernel(ctx):
+    """dx[b, ch, ih, iw] gathers every (output pixel, kernel tap) that read it."""
+    gout, w, dx = ctx.args[0], ctx.args[1], ctx.out
+    gt, wt = ctx.in_types
+    g = _Geo(ctx.out_type.shape[1:], wt.shape, gt.shape[2:], ctx.attrs)
+    _cuda.grid_stride(ctx, f"{dx}.size")
+    _cuda.unravel(ctx, "idx", [("b", f"{dx}.shape[0]"), ("ch", str(g.C)), ("ih", str(g.H)),
+                               ("iw", str(g.W))], "    ")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e(f"grp = ch // {g.Cg}")
+    e(f"c = ch - grp * {g.Cg}")
+    e(f"acc = {ctx.lit(0.0)}")
+    e(f"for kh in range({g.KH}):")
+    e(f"    th = ih + {g.p0} - kh * {g.d0}")       # = oh * stride when tap kh of oh reads ih
+    e(f"    if th >= 0 and th % {g.s0} == 0 and th // {g.s0} < {g.OH}:")
+    e(f"        oh = th // {g.s0}")
+    e(f"        for kw in range({g.KW}):")
+    e(f"            tw = iw + {g.p1} - kw * {g.d1}")
+    e(f"            if tw >= 0 and tw % {g.s1} == 0 and tw // {g.s1} < {g.OW}:")
+    e(f"                ow = tw // {g.s1}")
+    e(f"                for oo in range({g.Og}):")
+    e(f"                    o = grp * {g.Og} + oo")
+    e(f"                    acc += {gout}[b, o, oh, ow] * {w}[o, c, kh, kw]")
+    e(f"{dx}[b, ch, ih, iw] = acc")
+
+
+def _cuda_grad_weight_kernel(ctx):
+    """One block per weight element: its threads stride over (sample, output pixel), then
+    a shared-memory tree reduction (the sum runs over the whole batch)."""
+    x, gout, dw = ctx.args[0], ctx.args[1], ctx.out
+    xt, gt = ctx.in_types
+    g = _Geo(xt.shape[1:], ctx.out_type.shape, gt.shape[2:], ctx.attrs)
+    _cuda.shared_scratch(ctx)
+    ctx.emit(f"count = {x}.shape[0] * {g.OHW}")
+    _cuda.block_rows(ctx, str(g.O * g.K), "r")
+    _cuda.unravel(ctx, "r", [("o", str(g.O)), ("c", str(g.Cg)), ("kh", str(g.KH)),
+                             ("kw", str(g.KW))], "    ")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e(f"ch = (o // {g.Og}) * {g.Cg} + c")
+    e(f"acc = {ctx.lit(0.0)}")
+    e(f"for q in range(tid, count, {ctx.threads}):")
+    _cuda.unravel(ctx, "q", [("b", f"{x}.shape[0]"), ("oh", str(g.OH)), ("ow", str(g.OW))],
+                  "        ")
+    e(f"    ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
+    e(f"    iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
+    e(f"    if ih >= 0 and ih < {g.H} and iw >= 0 and iw < {g.W}:")
+    e(f"        acc += {gout}[b, o, oh, ow] * {x}[b, ch, ih, iw]")
+    _cuda.tree_reduce(ctx, "acc", _cuda.add, "total", "    ")
+    e("if tid == 0:")
+    e(f"    {dw}[o, c, kh, kw] = total")
+
+
 # --------------------------------------------------------------- declarations
 def _conv_attrs(node):
     return {k: node.attrs[k] for k in CONV_ATTRS}
@@ -326,7 +405,7 @@ _CONV_SAMPLES = (
 register(OpDef(
     name="conv2d", infer=_infer, kind=FusionKind.OUT_FUSABLE, arity=2,
     impl=lambda xs, a, shape: np_conv2d(xs[0], xs[1], a),
-    kernel=_conv_kernel, vjp=_conv_vjp, attrs=dict(CONV_ATTRS),
+    kernel=_conv_kernel, cuda_kernel=_cuda_conv_kernel, vjp=_conv_vjp, attrs=dict(CONV_ATTRS),
     samples=_CONV_SAMPLES,
     doc="2-D cross-correlation, NCHW input, (O, C/groups, KH, KW) weight, as F.conv2d "
         "without bias; im2col + BLAS matmul."))
@@ -334,7 +413,8 @@ register(OpDef(
 register(OpDef(
     name="conv2d_grad_input", infer=_grad_input_infer, kind=FusionKind.OPAQUE, arity=2,
     impl=lambda xs, a, shape: np_conv2d_grad_input(xs[0], xs[1], a, a["in_hw"]),
-    kernel=_grad_input_kernel, attrs=dict(CONV_ATTRS, in_hw=REQUIRED), differentiable=False,
+    kernel=_grad_input_kernel, cuda_kernel=_cuda_grad_input_kernel,
+    attrs=dict(CONV_ATTRS, in_hw=REQUIRED), differentiable=False,
     samples=(Sample(shapes=((2, 4, 3, 3), (4, 3, 3, 3)), attrs={"in_hw": (5, 5)}),
              Sample(shapes=((2, 3, 4, 5), (3, 2, 3, 2)), attrs=dict(_S, in_hw=(7, 6))),
              Sample(shapes=((1, 4, 6, 7), (4, 2, 2, 3)),
@@ -345,7 +425,8 @@ register(OpDef(
 register(OpDef(
     name="conv2d_grad_weight", infer=_grad_weight_infer, kind=FusionKind.OPAQUE, arity=2,
     impl=lambda xs, a, shape: np_conv2d_grad_weight(xs[0], xs[1], a, a["kernel"]),
-    kernel=_grad_weight_kernel, attrs=dict(CONV_ATTRS, kernel=REQUIRED), differentiable=False,
+    kernel=_grad_weight_kernel, cuda_kernel=_cuda_grad_weight_kernel,
+    attrs=dict(CONV_ATTRS, kernel=REQUIRED), differentiable=False,
     samples=(Sample(shapes=((2, 3, 5, 5), (2, 4, 3, 3)), attrs={"kernel": (3, 3)}),
              Sample(shapes=((2, 2, 7, 6), (2, 3, 4, 5)), attrs=dict(_S, kernel=(3, 2))),
              Sample(shapes=((1, 4, 6, 5), (1, 4, 6, 7)),

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..registry import FusionKind, OpDef, REQUIRED, Sample, register
 from ..types import TensorType, format_shape
+from . import _cuda
 from ._util import float_dtype, same_dtype
 from .conv import out_size
 
@@ -155,6 +156,108 @@ def _avg_grad_kernel(ctx):
         f"        {dx}[b, c, i, j] += share"])
 
 
+# --------------------------------------------------------------- CUDA templates
+# One thread per output element (grid-stride); the gradients are gathers over the windows
+# that contain an input pixel, visited in the CPU kernel's order (oh, then ow), so the
+# sums equal the CPU's. Clipping uses conditionals: the builtin min/max do not compile
+# ahead of time for the CUDA target.
+def _cuda_pixels(ctx, arr, rows, cols):
+    """Grid-stride loop over ``arr`` (N, C, rows[1], cols[1]) with indices b, c, rows[0],
+    cols[0]."""
+    _cuda.grid_stride(ctx, f"{arr}.size")
+    _cuda.unravel(ctx, "idx", [("b", f"{arr}.shape[0]"), ("c", f"{arr}.shape[1]"),
+                               (rows[0], str(rows[1])), (cols[0], str(cols[1]))], "    ")
+
+
+def _cuda_window(ctx, g, oh, ow, ind):
+    """Lines setting i0..i1 / j0..j1: the window of output pixel (oh, ow), clipped."""
+    e = lambda s: ctx.emit(ind + s)  # noqa: E731
+    e(f"h0 = {oh} * {g['S0']} - {g['P0']}")
+    e(f"w0 = {ow} * {g['S1']} - {g['P1']}")
+    e("i0 = h0 if h0 > 0 else 0")
+    e(f"i1 = h0 + {g['KH']} if h0 + {g['KH']} < {g['H']} else {g['H']}")
+    e("j0 = w0 if w0 > 0 else 0")
+    e(f"j1 = w0 + {g['KW']} if w0 + {g['KW']} < {g['W']} else {g['W']}")
+
+
+def _cuda_max_kernel(ctx):
+    x, out = ctx.args[0], ctx.out
+    g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.out_type.shape[2:])
+    _cuda_pixels(ctx, out, ("oh", g["OH"]), ("ow", g["OW"]))
+    _cuda_window(ctx, g, "oh", "ow", "    ")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e(f"m = {ctx.lit(-np.inf)}")
+    e("for i in range(i0, i1):")
+    e("    for j in range(j0, j1):")
+    e(f"        v = {x}[b, c, i, j]")
+    e("        if v > m:")
+    e("            m = v")
+    e(f"{out}[b, c, oh, ow] = m")
+
+
+def _cuda_out_range(ctx, g, pix, K, S, P, OUT, lo, hi, ind):
+    """Lines setting the range lo..hi (exclusive) of outputs whose window covers ``pix``."""
+    e = lambda s: ctx.emit(ind + s)  # noqa: E731
+    e(f"t = {pix} + {g[P]} - {g[K]} + 1")
+    e(f"{lo} = (t + {g[S]} - 1) // {g[S]} if t > 0 else 0")
+    e(f"t = ({pix} + {g[P]}) // {g[S]} + 1")
+    e(f"{hi} = t if t < {g[OUT]} else {g[OUT]}")
+
+
+def _cuda_max_grad_kernel(ctx):
+    """dx[b, c, i, j] sums the gradients of the windows whose first argmax is (i, j)."""
+    x, gout, dx = ctx.args[0], ctx.args[1], ctx.out
+    g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.in_types[1].shape[2:])
+    _cuda_pixels(ctx, dx, ("pi", g["H"]), ("pj", g["W"]))
+    _cuda_out_range(ctx, g, "pi", "KH", "S0", "P0", "OH", "oh0", "oh1", "    ")
+    _cuda_out_range(ctx, g, "pj", "KW", "S1", "P1", "OW", "ow0", "ow1", "    ")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e(f"acc = {ctx.lit(0.0)}")
+    e("for oh in range(oh0, oh1):")
+    e("    for ow in range(ow0, ow1):")
+    _cuda_window(ctx, g, "oh", "ow", "            ")
+    e(f"        m = {ctx.lit(-np.inf)}")
+    e("        bi = -1")
+    e("        bj = -1")
+    e("        for i in range(i0, i1):")
+    e("            for j in range(j0, j1):")
+    e(f"                v = {x}[b, c, i, j]")
+    e("                if v > m:")
+    e("                    m = v")
+    e("                    bi = i")
+    e("                    bj = j")
+    e("        if bi == pi and bj == pj:")
+    e(f"            acc += {gout}[b, c, oh, ow]")
+    e(f"{dx}[b, c, pi, pj] = acc")
+
+
+def _cuda_avg_kernel(ctx):
+    x, out = ctx.args[0], ctx.out
+    g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.out_type.shape[2:])
+    _cuda_pixels(ctx, out, ("oh", g["OH"]), ("ow", g["OW"]))
+    _cuda_window(ctx, g, "oh", "ow", "    ")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e(f"acc = {ctx.lit(0.0)}")
+    e("for i in range(i0, i1):")
+    e("    for j in range(j0, j1):")
+    e(f"        acc += {x}[b, c, i, j]")
+    e(f"{out}[b, c, oh, ow] = acc * {ctx.lit(1.0 / (g['KH'] * g['KW']))}")
+
+
+def _cuda_avg_grad_kernel(ctx):
+    gout, dx = ctx.args[0], ctx.out
+    g = _geo(ctx, ctx.out_type.shape[2:], ctx.in_types[0].shape[2:])
+    _cuda_pixels(ctx, dx, ("pi", g["H"]), ("pj", g["W"]))
+    _cuda_out_range(ctx, g, "pi", "KH", "S0", "P0", "OH", "oh0", "oh1", "    ")
+    _cuda_out_range(ctx, g, "pj", "KW", "S1", "P1", "OW", "ow0", "ow1", "    ")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e(f"acc = {ctx.lit(0.0)}")
+    e("for oh in range(oh0, oh1):")
+    e("    for ow in range(ow0, ow1):")
+    e(f"        acc += {gout}[b, c, oh, ow] * {ctx.lit(1.0 / (g['KH'] * g['KW']))}")
+    e(f"{dx}[b, c, pi, pj] = acc")
+
+
 # --------------------------------------------------------------- declarations
 def _pool_attrs(node):
     return {k: node.attrs[k] for k in ("kernel", "stride", "padding")}
@@ -189,6 +292,7 @@ _POOL_SAMPLES = (
 register(OpDef(
     name="max_pool2d", infer=_pool_infer("max_pool2d"), kind=FusionKind.OPAQUE, arity=1,
     impl=lambda xs, a, shape: np_max_pool2d(xs[0], a), kernel=_max_kernel,
+    cuda_kernel=_cuda_max_kernel,
     vjp=lambda g, node, grad: [g.add("max_pool2d_grad", [node.args[0], grad],
                                      _pool_attrs(node))],
     attrs=dict(POOL_ATTRS), samples=_POOL_SAMPLES,
@@ -197,6 +301,7 @@ register(OpDef(
 register(OpDef(
     name="max_pool2d_grad", infer=_max_grad_infer, kind=FusionKind.OPAQUE, arity=2,
     impl=lambda xs, a, shape: np_max_pool2d_grad(xs[0], xs[1], a), kernel=_max_grad_kernel,
+    cuda_kernel=_cuda_max_grad_kernel,
     attrs=dict(POOL_ATTRS), differentiable=False,
     samples=(Sample(shapes=((2, 3, 4, 4), (2, 3, 2, 2)), attrs={"kernel": (2, 2),
                                                                  "stride": (2, 2)}),
@@ -209,6 +314,7 @@ register(OpDef(
 register(OpDef(
     name="avg_pool2d", infer=_pool_infer("avg_pool2d"), kind=FusionKind.OPAQUE, arity=1,
     impl=lambda xs, a, shape: np_avg_pool2d(xs[0], a), kernel=_avg_kernel,
+    cuda_kernel=_cuda_avg_kernel,
     vjp=lambda g, node, grad: [g.add("avg_pool2d_grad", [grad],
                                      dict(_pool_attrs(node),
                                           in_hw=tuple(g.type_of(node.args[0]).shape[2:])))],
@@ -218,6 +324,7 @@ register(OpDef(
 register(OpDef(
     name="avg_pool2d_grad", infer=_avg_grad_infer, kind=FusionKind.OPAQUE, arity=1,
     impl=lambda xs, a, shape: np_avg_pool2d_grad(xs[0], a), kernel=_avg_grad_kernel,
+    cuda_kernel=_cuda_avg_grad_kernel,
     attrs=dict(POOL_ATTRS, in_hw=REQUIRED), differentiable=False,
     samples=(Sample(shapes=((2, 3, 2, 2),), attrs={"kernel": (2, 2), "stride": (2, 2),
                                                    "in_hw": (4, 4)}),

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..registry import FusionKind, OpDef, REQUIRED, Sample, register
+from . import _cuda
 from ._util import float_dtype
 
 GOLDEN = 0x9E3779B97F4A7C15
@@ -64,9 +65,29 @@ def _kernel(ctx):
              f"else {ctx.lit(0.0)}")
 
 
+def _cuda_kernel(ctx):
+    """The same hash per flat (C-order) element index as the CPU kernel: equal masks."""
+    x, seed, out = ctx.args[0], ctx.args[1], ctx.out
+    rank = ctx.out_type.rank
+    names = [f"i{k}" for k in range(rank)]
+    ctx.emit(f"h0 = uint64(int64({seed}[0])) * uint64({GOLDEN})")
+    _cuda.grid_stride(ctx, f"{out}.size")
+    _cuda.unravel(ctx, "idx", [(n, f"{out}.shape[{k}]") for k, n in enumerate(names)], "    ")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e("h = h0 + uint64(idx)")
+    e("h ^= h >> uint64(30)")
+    e(f"h *= uint64({MIX1})")
+    e("h ^= h >> uint64(27)")
+    e(f"h *= uint64({MIX2})")
+    e("h ^= h >> uint64(31)")
+    e(f"u = float64(h >> uint64(11)) * {2.0 ** -53!r}")
+    e(f"{out}[{_cuda.index(names)}] = {ctx.lit(1.0 / (1.0 - ctx.attrs['p']))} "
+      f"if u >= {ctx.attrs['p']!r} else {ctx.lit(0.0)}")
+
+
 register(OpDef(
     name="dropout_mask", infer=_infer, impl=_impl, kind=FusionKind.OPAQUE, arity=2,
-    kernel=_kernel, attrs={"p": REQUIRED}, differentiable=False,
+    kernel=_kernel, cuda_kernel=_cuda_kernel, attrs={"p": REQUIRED}, differentiable=False,
     samples=(Sample(shapes=((4, 5), ()), attrs={"p": 0.5}, domains=("real", "positive")),
              Sample(shapes=((2, 3, 4, 4), ()), attrs={"p": 0.25},
                     domains=("real", "positive"))),
