@@ -144,13 +144,16 @@ class CudaExecutable(Executable):
             self._buffers.move_to_end(batch)
         return bufs
 
-    def run(self, inputs, copy: bool = True):
+    def run(self, inputs, copy: bool = True, trusted=()):
         """Run on ``inputs``; non-aliased outputs come back as NumPy arrays.
 
         Outputs aliased to a resident input (updated parameters) are device arrays with
         ``copy=False`` (nothing is transferred) and synced NumPy copies with ``copy=True``.
+        ``copy`` may also be a set of output indices to sync (e.g. ``{0}``, the loss); a
+        rank-0 output among them comes back as a Python scalar, as on the CPU.
+        ``trusted``: inputs passed through unchecked, see :meth:`Executable.prepare`.
         """
-        arrays, batch = self.prepare(inputs)
+        arrays, batch = self.prepare(inputs, trusted)
         g = self.graph
         with self._lock:
             staged, scratch = self.buffers_for(batch)
@@ -168,8 +171,9 @@ class CudaExecutable(Executable):
             outs = self.collect(devs, scratch)
             results = []
             for idx, d in enumerate(outs):
+                wanted = copy is True or (copy is not False and idx in copy)
                 if idx in g.aliases:
-                    if copy:
+                    if wanted:
                         name = self.input_names[g.aliases[idx]]
                         self.store.pull([name])
                         results.append(arrays[g.aliases[idx]].copy())
@@ -177,7 +181,9 @@ class CudaExecutable(Executable):
                         results.append(d)
                 else:
                     shape = g.type_of(g.outputs[idx]).concrete(batch)
-                    results.append(d.copy_to_host().reshape(shape))
+                    host = d.copy_to_host().reshape(shape)
+                    results.append(host.item() if copy is not True and wanted and not shape
+                                   else host)
         return results
 
     def _launch(self, devs, scratch):

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 import traceback
+import warnings
 
 import numpy as np
 
@@ -28,6 +29,9 @@ TOL = {"float64": 1e-9, "float32": 1e-4}
 # lets them run instead of waiting 5 ms per turn (about 4x faster here).
 sys.setswitchinterval(1e-4)
 RESULTS = []
+# the simulator runs dropout's uint64 hash on NumPy scalars, which warn on the (intended)
+# wrap-around of its multiplications; on a GPU it wraps silently
+warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
 
 
 def rel_err(a, b) -> float:
@@ -130,6 +134,10 @@ def compare_models(net, dtype, loss, opt_args, x, y, steps=2, cpu=("gradients", 
         sc = {k: new[k] for k in sd}
     for k in pc:
         worst = max(worst, assert_close(f"parameter {k} after the steps", pd[k], pc[k], dtype))
+    bd = dev.buffers()         # running statistics, dropout seeds
+    bc = ref.buffers() if "train" in cpu else {k: new[k] for k in bd if k in new}
+    for k in bc:
+        worst = max(worst, assert_close(f"buffer {k} after the steps", bd[k], bc[k], dtype))
     for k in sc:
         worst = max(worst, assert_close(f"optimizer state {k}", sd[k], sc[k], dtype))
     return f"max relative error {worst:.2g} (CPU backend: {', '.join(cpu) or 'none'})"
@@ -168,6 +176,50 @@ def _():
     a = compare_models(net, "float64", "bce", dict(lr=0.2), x, y, cpu=())
     b = compare_models(net, "float64", "mse", dict(lr=0.2, momentum=0.5), x, y, cpu=())
     return f"bce {a}; mse {b}"
+
+
+def lenet(dropout=0.0):
+    """conv -> relu -> maxpool -> flatten -> (dropout) -> linear on (N, 1, 6, 6)."""
+    layers = [gc.nn.Conv2d(1, 3, 3), gc.nn.ReLU(), gc.nn.MaxPool2d(2), gc.nn.Flatten()]
+    layers += [gc.nn.Dropout(dropout)] if dropout else []
+    return gc.nn.Sequential(*layers, gc.nn.Linear(3 * 2 * 2, 3))
+
+
+@check("lenet_f64_conv_maxpool_dropout")
+def _():
+    gc.manual_seed(5)
+    x = rng.normal(size=(2, 1, 6, 6))
+    y = rng.integers(0, 3, size=2)
+    # dropout in the train graph: the device masks must equal the CPU kernel's bit for bit
+    return compare_models(lenet(dropout=0.25), "float64", "cross_entropy",
+                          dict(lr=0.1, momentum=0.9), x, y, cpu=("train",))
+
+
+@check("lenet_f32")
+def _():
+    gc.manual_seed(6)
+    x = rng.normal(size=(2, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=2)
+    return compare_models(lenet(), "float32", "cross_entropy", dict(lr=0.1, momentum=0.5), x,
+                          y, cpu=())
+
+
+@check("batchnorm2d_net_f32_and_f64")
+def _():
+    def net():
+        # no conv bias: batch norm cancels it, so its gradient is pure rounding noise
+        return gc.nn.Sequential(gc.nn.Conv2d(1, 2, 3, padding=1, bias=False),
+                                gc.nn.BatchNorm2d(2),
+                                gc.nn.ReLU(), gc.nn.AvgPool2d(2), gc.nn.Flatten(),
+                                gc.nn.Linear(2 * 3 * 3, 3))
+    x = rng.normal(size=(2, 1, 6, 6))
+    y = rng.integers(0, 3, size=2)
+    gc.manual_seed(7)
+    a = compare_models(net(), "float32", "cross_entropy", dict(lr=0.1, momentum=0.9),
+                       x.astype(np.float32), y, cpu=("train",))
+    gc.manual_seed(8)
+    b = compare_models(net(), "float64", "cross_entropy", dict(lr=0.1), x, y, cpu=())
+    return f"float32 {a}; float64 {b}"
 
 
 @check("load_parameters_and_batch_sizes")
