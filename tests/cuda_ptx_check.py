@@ -19,6 +19,7 @@ from numba import cuda, types  # noqa: E402
 import graphc as gc  # noqa: E402
 from graphc.codegen.cache import load_module  # noqa: E402
 from graphc.codegen.cuda import emit_cuda_source  # noqa: E402
+from graphc.codegen.cuda_runtime import _cuda_schedulable  # noqa: E402
 from graphc.codegen.schedule import build_schedule  # noqa: E402
 from graphc.ir import BATCH, Graph, TensorType, all_ops  # noqa: E402
 
@@ -33,6 +34,7 @@ def nvvm_available() -> str | None:
 
 
 def compile_graph_ptx(g, cc=(9, 0)) -> int:
+    g = _cuda_schedulable(g)      # as compile_cuda_graph does
     s = build_schedule(g)
     mod = load_module(emit_cuda_source(g, s), tag=f"ptx_{g.name}")
     count = 0
@@ -83,6 +85,15 @@ def main():
                            optimizer=gc.optim.SGD(lr=0.1, momentum=0.9))
             for kind in ("forward", "train"):
                 total += compile_graph_ptx(m._graph(kind))
+        # conv, pooling, batch norm and dropout in the forward and train graphs
+        cnn = gc.nn.Sequential(gc.nn.Conv2d(1, 2, 3, padding=1, bias=False),
+                               gc.nn.BatchNorm2d(2), gc.nn.ReLU(), gc.nn.MaxPool2d(2),
+                               gc.nn.AvgPool2d(1), gc.nn.Flatten(), gc.nn.Dropout(0.25),
+                               gc.nn.Linear(2 * 3 * 3, 3))
+        m = gc.compile(cnn, input_shape=(None, 1, 6, 6), loss="cross_entropy", dtype=dtype,
+                       optimizer=gc.optim.SGD(lr=0.1, momentum=0.9))
+        for kind in ("forward", "train"):
+            total += compile_graph_ptx(m._graph(kind))
         for g in op_graphs(dtype):
             total += compile_graph_ptx(g)
     print(f"OK: {total} kernels compiled to PTX for sm_90")
