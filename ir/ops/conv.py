@@ -5,6 +5,10 @@ straight into the output when groups == 1); the gradient ops ``conv2d_grad_input
 ``conv2d_grad_weight`` (im2col then matmul) are their own registered ops with their own
 kernels. They are not differentiable themselves (no double backward).
 
+On the GPU (``cuda_kernel``) all three are direct kernels: one thread per output
+element for the forward and the input gradient (a gather: no atomics), one block per
+weight element with a tree reduction for the weight gradient.
+
 Scratch buffers (one sample's column matrix, a group's partial result) are small and
 allocated inside the kernel on every call; the runtime's buffer planning does not cover
 them yet.

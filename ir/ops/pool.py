@@ -3,6 +3,8 @@
 ``max_pool2d`` pads with -inf (as PyTorch); its gradient op recomputes each window's
 argmax (the first maximum in row-major window order) and routes the gradient there.
 ``avg_pool2d`` divides by the full window size (PyTorch's ``count_include_pad=True``).
+The CUDA templates compute one element per thread; their gradients gather over the
+windows covering each input pixel (the max one re-finds each window's first argmax).
 """
 from __future__ import annotations
 
