@@ -145,9 +145,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """``F.conv2d``: NCHW input, weight ``(out, in/groups, kh, kw)``, optional bias ``(out,)``.
 
     >>> import numpy as np, graphc as gc
-    >>> gc.jit(lambda x, w: gc.functional.conv2d(x, w, padding=1))(
-    ...     np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3)))[0, 0, 1, 1]
-    9.0
+    >>> y = gc.jit(lambda x, w: gc.functional.conv2d(x, w, padding=1))(
+    ...     np.ones((1, 1, 3, 3)), np.ones((1, 1, 3, 3)))
+    >>> float(y[0, 0, 1, 1]), float(y[0, 0, 0, 0])   # centre sees 9 ones, a corner 4
+    (9.0, 4.0)
     """
     x, w = as_tensor(input), as_tensor(weight)
     if padding == "valid":
