@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from graphc.ir import get_op
 
+from . import fastmath
 from .cpu import JIT_FLAGS, TemplateContext, _index, literal, var
 from .schedule import LOOP_KINDS, Kernel
 
@@ -91,11 +92,20 @@ def emit_reduce_loop(em, k) -> list[str]:
         shape = g.type_of(v).shape
         return f"{var(v)}[{_index(shape, iter_shape, names)}]" if shape else f"{var(v)}[()]"
 
-    lines = [f"@njit({JIT_FLAGS})", em.signature(k)] + head_lines
+    # Reductions to a single value accumulate in a float64 local (exact enough for
+    # millions of float32 terms), stored once after the loop. Sums may then be
+    # re-associated ('reassoc' only: NaN/Inf semantics stay IEEE), which lets LLVM
+    # vectorise the whole loop; the result differs from a sequential sum by rounding.
+    scalar_sums = [r for r in reds if g.type_of(r).rank == 0 and g.op_of(r) != "reduce_max"]
+    flags = JIT_FLAGS + (", fastmath={'reassoc'}" if scalar_sums else "")
+    lines = [f"@njit({flags})", em.signature(k)] + head_lines
     lines += [em.comment(n) for n in k.nodes if n != h]
     for r in reds:
         init = literal(REDUCERS[g.op_of(r)][1], g.type_of(r).dtype)
-        lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] = {init}")
+        if r in scalar_sums:
+            lines.append(f"    acc{r} = 0.0")
+        else:
+            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] = {init}")
     local = {}
     for v in reads:
         if not g.type_of(v).shape:
@@ -111,7 +121,9 @@ def emit_reduce_loop(em, k) -> list[str]:
     for n in elems:
         d = g.nx.nodes[n]
         lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
-        expr = get_op(d["op"]).scalar([local[a] for a in d["args"]], dict(d["attrs"]), lit)
+        args = [local[a] for a in d["args"]]
+        expr = get_op(d["op"]).scalar(args, dict(d["attrs"]), lit)
+        expr = fastmath.rewrite(expr, d["type"].dtype, d["op"], args)
         lines.append(f"{ind}t{n} = {expr}")
         local[n] = f"t{n}"
     for n in stored:
@@ -123,9 +135,11 @@ def emit_reduce_loop(em, k) -> list[str]:
             idx = ["0" if a in axes else names[a] for a in range(rank)]
         else:
             idx = [names[a] for a in range(rank) if a not in axes]
-        out = f"{var(r)}[{', '.join(idx) if idx else '()'}]"
+        out = f"acc{r}" if r in scalar_sums else f"{var(r)}[{', '.join(idx) if idx else '()'}]"
         (x,) = g.args_of(r)
         lines.append(f"{ind}{out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
+    for r in scalar_sums:
+        lines.append(f"    {var(r)}[()] = acc{r}")
     for r in reds:
         if g.op_of(r) == "reduce_mean":
             attrs = dict(g.nx.nodes[r]["attrs"])

@@ -1,14 +1,15 @@
 """The pass pipeline every compiled graph goes through.
 
-Order: ``simplify`` (algebraic rewrites) then ``fold`` (constants it exposed), ``cse``
-(merge the duplicates rewrites leave behind), ``dce`` (drop what no output uses) and
+Order: ``fold`` (constants, e.g. the broadcast seeds autodiff makes) then ``simplify``
+(algebraic rewrites such as x*1 that folding exposed), ``cse`` (merge the duplicates
+rewrites leave behind), ``dce`` (drop what no output uses) and
 last ``fusion`` (kernel groups; only with ``fuse=True``). ``disable`` turns off any
 pass by name. Set ``GRAPHC_VERIFY=1`` (the test suite does) to verify after every pass.
 
 >>> [name for name, _ in default_passes()]
-['simplify', 'fold', 'cse', 'dce', 'fusion']
+['fold', 'simplify', 'cse', 'dce', 'fusion']
 >>> [name for name, _ in default_passes(fuse=False)]
-['simplify', 'fold', 'cse', 'dce']
+['fold', 'simplify', 'cse', 'dce']
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from graphc.passes import PassManager, cse, dce, fold, simplify
 
 
 def default_passes(fuse: bool = True):
-    passes = [("simplify", simplify), ("fold", fold), ("cse", cse), ("dce", dce)]
+    # fold first: autodiff seeds broadcast constants that fold into x*1 for simplify
+    passes = [("fold", fold), ("simplify", simplify), ("cse", cse), ("dce", dce)]
     if fuse:
         from graphc.passes.fusion import fusion
         passes.append(("fusion", fusion))
