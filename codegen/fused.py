@@ -18,6 +18,7 @@ from . import fastmath
 from .cpu import JIT_FLAGS, TemplateContext, _index, literal, var
 from .schedule import LOOP_KINDS, Kernel
 
+SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reduction
 REDUCERS = {"reduce_sum": ("{acc} + {v}", 0.0), "reduce_mean": ("{acc} + {v}", 0.0),
             "reduce_max": ("max({acc}, {v})", float("-inf"))}
 
@@ -92,8 +93,9 @@ def emit_reduce_loop(em, k) -> list[str]:
         shape = g.type_of(v).shape
         return f"{var(v)}[{_index(shape, iter_shape, names)}]" if shape else f"{var(v)}[()]"
 
-    # Reductions to a single value accumulate in a float64 local (exact enough for
-    # millions of float32 terms), stored once after the loop. Sums may then be
+    # Reductions to a single value accumulate blockwise: a register partial per block of
+    # SUM_BLOCK elements, added into a float64 local (accurate for millions of float32
+    # terms), stored once after the loop. Sums may then be
     # re-associated ('reassoc' only: NaN/Inf semantics stay IEEE), which lets LLVM
     # vectorise the whole loop; the result differs from a sequential sum by rounding.
     scalar_sums = [r for r in reds if g.type_of(r).rank == 0 and g.op_of(r) != "reduce_max"]
@@ -111,9 +113,20 @@ def emit_reduce_loop(em, k) -> list[str]:
         if not g.type_of(v).shape:
             lines.append(f"    s{v} = {var(v)}[()]")
             local[v] = f"s{v}"
-    for d in range(rank):
+    blocked = bool(scalar_sums) and rank >= 1
+    for d in range(rank - 1 if blocked else rank):
         lines.append("    " * (d + 1) + f"for i{d} in range({var(src)}.shape[{d}]):")
     ind = "    " * (rank + 1)
+    if blocked:
+        # the innermost loop runs in blocks, each summed in a register of the tensor's
+        # dtype (vectorisable), then added to the float64 total: accurate and fast
+        last, outer = rank - 1, "    " * rank
+        lines.append(f"{outer}for b{last} in range(0, {var(src)}.shape[{last}], {SUM_BLOCK}):")
+        for r in scalar_sums:
+            lines.append(f"{outer}    part{r} = {literal(0.0, g.type_of(r).dtype)}")
+        lines.append(f"{outer}    for i{last} in range(b{last}, min(b{last} + {SUM_BLOCK}, "
+                     f"{var(src)}.shape[{last}])):")
+        ind = outer + "        "
     for v in reads:
         if v not in local:
             lines.append(f"{ind}x{v} = {ref(v)}")
@@ -135,9 +148,13 @@ def emit_reduce_loop(em, k) -> list[str]:
             idx = ["0" if a in axes else names[a] for a in range(rank)]
         else:
             idx = [names[a] for a in range(rank) if a not in axes]
-        out = f"acc{r}" if r in scalar_sums else f"{var(r)}[{', '.join(idx) if idx else '()'}]"
+        out = (f"part{r}" if blocked else f"acc{r}") if r in scalar_sums else \
+            f"{var(r)}[{', '.join(idx) if idx else '()'}]"
         (x,) = g.args_of(r)
         lines.append(f"{ind}{out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
+    if blocked:
+        for r in scalar_sums:
+            lines.append(f"{outer}    acc{r} += part{r}")
     for r in scalar_sums:
         lines.append(f"    {var(r)}[()] = acc{r}")
     for r in reds:
