@@ -184,10 +184,7 @@ def compiled(spec, fuse):
                                     optimizer=gc.optim.SGD(**spec["opt"]), fuse=fuse,
                                     dtype=spec["dtype"])
     m = _COMPILED[key]
-    # fresh optimizer state: zero the momentum buffers in place (the compiled steps keep
-    # references to these arrays, so replacing or dropping them would not reset anything)
-    for buf in m._state.values():
-        buf[...] = 0
+    m.reset_optimizer_state()   # momentum buffers start at zero again, as in torch
     return m
 
 
