@@ -3,7 +3,10 @@
 * Random graphs are drawn from the op registry (each op's ``samples`` give valid operand
   shapes, attributes and value domains); every combination of passes (each pass of
   ``default_passes(fuse)`` on or off, fused and unfused) must give a graph that
-  verifies, and its compiled code must agree with the reference interpreter.
+  verifies and interprets to the same values (many graphs, no code generation), and
+  compiled code must agree with the reference interpreter (few graphs, all passes on,
+  all off and one drawn subset; float64 to 1e-9, and float32 graphs with every pass on,
+  fused and unfused, to 1e-4 relative).
 * Malformed IR text must raise a GraphcError (needs ``graphc.ir.parse_graph``).
 * Malformed call-time inputs must raise InputError and leave the model untouched.
 
@@ -44,7 +47,8 @@ def fuzz_settings(n):
 SKIP_OPS = {"input"}
 FUZZ_OPS = sorted(name for name, op in ir.all_ops().items()
                   if name not in SKIP_OPS and op.samples)
-STATS = {"graphs": 0, "f32_graphs": 0, "pipelines": 0, "compiles": 0, "ops": set()}
+STATS = {"graphs": 0, "f32_graphs": 0, "pipelines": 0, "compiles": 0, "ops": set(),
+         "interp_graphs": 0, "interp_pipelines": 0}
 
 
 def draw_value(rng, shape, domain):
@@ -173,6 +177,31 @@ def test_random_graphs_through_every_pass_combination(case, mask):
         assert_same(seen[text], want, f"compiled ({what})")
 
 
+PASS_EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_PASS_EXAMPLES", "100"))
+
+
+@fuzz_settings(PASS_EXAMPLES)
+@given(case=random_graphs())
+def test_random_graphs_every_pass_subset_interpreted(case):
+    """Without code generation (cheap): every subset of the passes, fused and unfused, on
+    many graphs; the optimized graph must verify and interpret to the same values."""
+    graph, inputs = case
+    with np.errstate(all="ignore"):
+        want = interpret(graph, inputs)
+    assume(all(np.all(np.isfinite(w)) for w in want))
+    note(ir.format_graph(graph))
+    STATS["interp_graphs"] += 1
+    names = pass_names()
+    for fuse in (True, False):
+        for bits in itertools.product([False, True], repeat=len(names)):
+            disabled = frozenset(n for n, b in zip(names, bits) if not b)
+            g = run_pipeline(graph, fuse, disabled)
+            verify(g)
+            STATS["interp_pipelines"] += 1
+            assert_same(interpret(g, inputs), want,
+                        f"interpreter after passes (fuse={fuse} disabled={sorted(disabled)})")
+
+
 F32_EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_F32_EXAMPLES", "4"))
 
 
@@ -217,8 +246,9 @@ def test_fuzzer_reached_the_registry():
     if not STATS["graphs"]:
         pytest.skip("graph fuzzer did not run in this session")
     print(f"\nfuzz: {STATS['graphs']} float64 graphs, {STATS['f32_graphs']} float32 graphs, "
-          f"{STATS['pipelines']} pipelines, "
-          f"{STATS['compiles']} compiles, {len(STATS['ops'])}/{len(FUZZ_OPS)} ops")
+          f"{STATS['pipelines']} pipelines, {STATS['compiles']} compiles; interpreter only: "
+          f"{STATS['interp_graphs']} graphs, {STATS['interp_pipelines']} pipelines; "
+          f"{len(STATS['ops'])}/{len(FUZZ_OPS)} ops")
     assert len(STATS["ops"]) >= min(10, len(FUZZ_OPS))
 
 
