@@ -100,6 +100,12 @@ for _a in ACTIVATIONS:
 LAYER_TYPES = sorted(FIELDS)
 
 
+def _key(k):
+    """A key for an error message's path: as written when it is a plain name, else its
+    repr (a key holding a newline must not break the one-line message)."""
+    return k if isinstance(k, str) and k.isidentifier() else repr(k)
+
+
 def _hw(v):
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
@@ -147,7 +153,7 @@ class ModelSpec:
         params = inspect.signature(cls).parameters
         for k, v in opts.items():
             if k not in params:
-                raise SpecError(f"{self.where(f'optimizer.{k}')}unknown option {k!r} for "
+                raise SpecError(f"{self.where(f'optimizer.{_key(k)}')}unknown option {k!r} for "
                                 f"{cls.__name__}; known: {', '.join(params)}")
             # the optimizers' own checks compare numbers: give them numbers of the kind
             # their defaults have (a bool for a bool flag, a pair for betas)
@@ -233,7 +239,7 @@ def _check_layer(spec, layer, path):
             continue
         if k not in fields:
             known = ", ".join(fields) or "none"
-            raise SpecError(f"{spec.where(f'{path}.{k}')}unknown field {k!r} for a {kind} "
+            raise SpecError(f"{spec.where(f'{path}.{_key(k)}')}unknown field {k!r} for a {kind} "
                             f"layer; known fields: {known}")
         check, _, what = fields[k]
         if v is not None and not check(v):
@@ -242,7 +248,7 @@ def _check_layer(spec, layer, path):
             raise SpecError(f"{spec.where(f'{path}.{k}')}{v!r} is too large (at most "
                             f"{MAX_SIZE})")
     for k, (_, default, _) in fields.items():
-        if k in layer:
+        if layer.get(k) is not None:     # JSON null means "the default", not a value
             out[k] = layer[k]
         elif default is REQUIRED:
             raise SpecError(f"{spec.where(path)}a {kind} layer needs field {k!r}")
@@ -366,7 +372,7 @@ def parse_spec(data: dict, source: str = "<spec>") -> ModelSpec:
         raise SpecError(f"{where}a spec is a table of keys, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise SpecError(f"{where}{unknown[0]}: unknown key {unknown[0]!r}; known keys: "
+        raise SpecError(f"{where}{_key(unknown[0])}: unknown key {unknown[0]!r}; known keys: "
                         f"{', '.join(sorted(TOP_KEYS))}")
     if "input_shape" not in data:
         raise SpecError(f"{where}missing key 'input_shape' (the shape of one sample, e.g. [64])")
