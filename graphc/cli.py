@@ -288,6 +288,9 @@ def main(argv=None) -> int:
     except OSError as exc:
         _error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
         return 1
+    except MemoryError:             # e.g. a batch size the machine cannot hold
+        _error("out of memory (try a smaller --batch or smaller layers)")
+        return 1
     except KeyboardInterrupt:
         _error("interrupted")
         return 130

@@ -287,6 +287,25 @@ class CompiledModel:
         self._pull()
         return {n: a.copy() for n, a in self._state.items()}
 
+    def reset_optimizer_state(self):
+        """Zero the optimizer state (momentum buffers, Adam moments, step counts) in place,
+        as a fresh ``torch.optim`` optimizer starts; parameters are untouched. In place
+        because the compiled steps keep using the same arrays.
+
+        >>> import graphc as gc
+        >>> m = gc.compile(gc.nn.Linear(2, 2), input_shape=(None, 2), loss="mse",
+        ...                optimizer=gc.optim.SGD(lr=0.1, momentum=0.9), dtype="float64")
+        >>> _ = m.train_step(np.ones((1, 2)), np.zeros((1, 2)))
+        >>> m.reset_optimizer_state()
+        >>> all(not v.any() for v in m.optimizer_state().values())
+        True
+        """
+        self._pull()
+        for value in self._state.values():
+            value[...] = 0
+        if self._device is not None:
+            self._device.push()
+
     def _pull(self):
         if self._device is not None:   # target="cuda": the device copies are the newest
             self._device.pull()

@@ -37,7 +37,7 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(lr)
-        if momentum < 0 or weight_decay < 0:
+        if not (momentum >= 0 and weight_decay >= 0):   # NaN fails too
             raise OpError(f"SGD: momentum ({momentum}) and weight_decay ({weight_decay}) "
                           f"must be >= 0")
         if nesterov and momentum <= 0:

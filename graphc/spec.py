@@ -43,6 +43,9 @@ TOP_KEYS = {"name", "input_shape", "layers", "loss", "optimizer", "batch_size", 
 ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "softplus": "Softplus"}
 # layer type -> {field: (checker, default)}; REQUIRED marks fields with no default
 REQUIRED = object()
+# Upper bound on any size and on the elements of one sample's activations or one layer's
+# weights: larger values are typos (or overflow int64 index arithmetic), not models.
+MAX_SIZE = 2**31 - 1
 
 
 def _pos_int(v):
@@ -97,6 +100,12 @@ for _a in ACTIVATIONS:
 LAYER_TYPES = sorted(FIELDS)
 
 
+def _key(k):
+    """A key for an error message's path: as written when it is a plain name, else its
+    repr (a key holding a newline must not break the one-line message)."""
+    return k if isinstance(k, str) and k.isidentifier() else repr(k)
+
+
 def _hw(v):
     return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
@@ -142,13 +151,26 @@ class ModelSpec:
             raise SpecError(f"{self.where('optimizer.type')}unknown optimizer {kind!r}; "
                             f"available: {', '.join(_optimizers())}")
         params = inspect.signature(cls).parameters
-        for k in opts:
+        for k, v in opts.items():
             if k not in params:
-                raise SpecError(f"{self.where(f'optimizer.{k}')}unknown option {k!r} for "
+                raise SpecError(f"{self.where(f'optimizer.{_key(k)}')}unknown option {k!r} for "
                                 f"{cls.__name__}; known: {', '.join(params)}")
+            # the optimizers' own checks compare numbers: give them numbers of the kind
+            # their defaults have (a bool for a bool flag, a pair for betas)
+            default = params[k].default
+            if isinstance(default, bool):
+                ok, what = isinstance(v, bool), "true or false"
+            elif isinstance(default, tuple):
+                ok = (isinstance(v, list) and len(v) == len(default)
+                      and all(_finite_number(x) for x in v))
+                what = f"a list of {len(default)} finite numbers"
+            else:
+                ok, what = _finite_number(v), "a finite number"
+            if not ok:
+                raise SpecError(f"{self.where(f'optimizer.{k}')}must be {what}, got {v!r}")
         try:
             return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
-        except (gc.GraphcError, TypeError, ValueError) as exc:
+        except (gc.GraphcError, TypeError, ValueError, OverflowError) as exc:
             raise SpecError(f"{self.where('optimizer')}{exc}") from None
 
     def compile(self, target="cpu", fuse=True, with_optimizer=True):
@@ -165,11 +187,20 @@ class ModelSpec:
                              check_only=True)[1]
 
 
+def _finite_number(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:   # an int too large for a float
+        return False
+
+
 def _optimizers():
     import graphc as gc
-    return sorted(n.lower() for n, c in vars(gc.optim).items()
+    return sorted({n.lower() for n, c in vars(gc.optim).items()
                   if isinstance(c, type) and issubclass(c, gc.optim.Optimizer)
-                  and c is not gc.optim.Optimizer)
+                  and c is not gc.optim.Optimizer})
 
 
 def _optimizer_class(kind):
@@ -198,7 +229,7 @@ def _check_layer(spec, layer, path):
     if kind is None:
         raise SpecError(f"{spec.where(path)}missing field 'type' (one of "
                         f"{', '.join(LAYER_TYPES)})")
-    if kind not in FIELDS:
+    if not isinstance(kind, str) or kind not in FIELDS:   # a list is unhashable: check type
         raise SpecError(f"{spec.where(path + '.type')}unknown layer type {kind!r}; known: "
                         f"{', '.join(LAYER_TYPES)}")
     fields = FIELDS[kind]
@@ -208,13 +239,16 @@ def _check_layer(spec, layer, path):
             continue
         if k not in fields:
             known = ", ".join(fields) or "none"
-            raise SpecError(f"{spec.where(f'{path}.{k}')}unknown field {k!r} for a {kind} "
+            raise SpecError(f"{spec.where(f'{path}.{_key(k)}')}unknown field {k!r} for a {kind} "
                             f"layer; known fields: {known}")
         check, _, what = fields[k]
         if v is not None and not check(v):
             raise SpecError(f"{spec.where(f'{path}.{k}')}must be {what}, got {v!r}")
+        if any(abs(x) > MAX_SIZE for x in _ints(v)):
+            raise SpecError(f"{spec.where(f'{path}.{k}')}{v!r} is too large (at most "
+                            f"{MAX_SIZE})")
     for k, (_, default, _) in fields.items():
-        if k in layer:
+        if layer.get(k) is not None:     # JSON null means "the default", not a value
             out[k] = layer[k]
         elif default is REQUIRED:
             raise SpecError(f"{spec.where(path)}a {kind} layer needs field {k!r}")
@@ -223,12 +257,19 @@ def _check_layer(spec, layer, path):
     return kind, out
 
 
+def _ints(v):
+    """The ints in a field value (a number or an [h, w] pair)."""
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    return [x for x in vals if isinstance(x, int) and not isinstance(x, bool)]
+
+
 def _build_layers(spec, layers, shape, path, check_only=False):
     """(modules, output shape without batch); shapes are checked layer by layer."""
     modules = []
     for i, layer in enumerate(layers):
         p = f"{path}[{i}]"
         kind, f = _check_layer(spec, layer, p)
+        in_shape = shape
 
         def bad(msg):
             return SpecError(f"{spec.where(p)}({kind}) {msg}")
@@ -302,6 +343,13 @@ def _build_layers(spec, layers, shape, path, check_only=False):
             if not check_only:
                 import graphc as gc
                 modules.append(Residual(gc.nn.Sequential(*body)))
+        weights = {"linear": lambda: in_shape[0] * f["out_features"],
+                   "conv2d": lambda: (in_shape[0] * f["out_channels"]
+                                      * math.prod(_hw(f["kernel_size"])))}.get(kind)
+        if math.prod(shape) > MAX_SIZE or (weights is not None and weights() > MAX_SIZE):
+            raise bad(f"is too large: output {_fmt(shape)} per sample"
+                      + (f", {weights():,} weights" if weights else "")
+                      + f" (at most {MAX_SIZE:,} elements)")
     return modules, shape
 
 
@@ -324,12 +372,13 @@ def parse_spec(data: dict, source: str = "<spec>") -> ModelSpec:
         raise SpecError(f"{where}a spec is a table of keys, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise SpecError(f"{where}{unknown[0]}: unknown key {unknown[0]!r}; known keys: "
+        raise SpecError(f"{where}{_key(unknown[0])}: unknown key {unknown[0]!r}; known keys: "
                         f"{', '.join(sorted(TOP_KEYS))}")
     if "input_shape" not in data:
         raise SpecError(f"{where}missing key 'input_shape' (the shape of one sample, e.g. [64])")
     shape = data["input_shape"]
-    if not (isinstance(shape, list) and shape and all(_pos_int(d) for d in shape)):
+    if not (isinstance(shape, list) and shape and all(_pos_int(d) for d in shape)
+            and math.prod(shape) <= MAX_SIZE):
         raise SpecError(f"{where}input_shape: must be a list of positive ints (one sample, no "
                         f"batch dimension), got {shape!r}")
     layers = data.get("layers")
@@ -337,14 +386,14 @@ def parse_spec(data: dict, source: str = "<spec>") -> ModelSpec:
         raise SpecError(f"{where}layers: must be a non-empty list of layer tables")
     from graphc.functional import LOSSES
     loss = data.get("loss", "cross_entropy")
-    if loss is not None and loss not in LOSSES:
+    if loss is not None and (not isinstance(loss, str) or loss not in LOSSES):
         raise SpecError(f"{where}loss: unknown loss {loss!r}; known: "
                         f"{', '.join(sorted(LOSSES))}")
     dtype = data.get("dtype", "float32")
     if dtype not in ("float32", "float64"):
         raise SpecError(f"{where}dtype: must be 'float32' or 'float64', got {dtype!r}")
     batch = data.get("batch_size", 32)
-    if not _pos_int(batch):
+    if not (_pos_int(batch) and batch <= MAX_SIZE):
         raise SpecError(f"{where}batch_size: must be a positive int, got {batch!r}")
     seed = data.get("seed", 0)
     if not _nonneg_int(seed):

@@ -3,7 +3,10 @@
 * Random graphs are drawn from the op registry (each op's ``samples`` give valid operand
   shapes, attributes and value domains); every combination of passes (each pass of
   ``default_passes(fuse)`` on or off, fused and unfused) must give a graph that
-  verifies, and its compiled code must agree with the reference interpreter.
+  verifies and interprets to the same values (many graphs, no code generation), and
+  compiled code must agree with the reference interpreter (few graphs, all passes on,
+  all off and one drawn subset; float64 to 1e-9, and float32 graphs with every pass on,
+  fused and unfused, to 1e-4 relative).
 * Malformed IR text must raise a GraphcError (needs ``graphc.ir.parse_graph``).
 * Malformed call-time inputs must raise InputError and leave the model untouched.
 
@@ -44,7 +47,8 @@ def fuzz_settings(n):
 SKIP_OPS = {"input"}
 FUZZ_OPS = sorted(name for name, op in ir.all_ops().items()
                   if name not in SKIP_OPS and op.samples)
-STATS = {"graphs": 0, "pipelines": 0, "compiles": 0, "ops": set()}
+STATS = {"graphs": 0, "f32_graphs": 0, "pipelines": 0, "compiles": 0, "ops": set(),
+         "interp_graphs": 0, "interp_pipelines": 0}
 
 
 def draw_value(rng, shape, domain):
@@ -60,8 +64,8 @@ def draw_value(rng, shape, domain):
 
 
 @st.composite
-def random_graphs(draw, max_ops=10):
-    """(graph, inputs): a random DAG of registry ops on float64 values, batch size B."""
+def random_graphs(draw, max_ops=10, dtype="float64"):
+    """(graph, inputs): a random DAG of registry ops on ``dtype`` values, batch size B."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     batch = draw(st.sampled_from([1, 2, 3]))
     g = ir.Graph("fuzz")
@@ -70,11 +74,11 @@ def random_graphs(draw, max_ops=10):
     def fresh(shape, domain, batch_axis):
         t_shape = tuple(BATCH if k == batch_axis else d for k, d in enumerate(shape))
         concrete = tuple(batch if k == batch_axis else d for k, d in enumerate(shape))
-        dtype = "int64" if domain.startswith("labels:") else "float64"
+        kind = "int64" if domain.startswith("labels:") else dtype
         name = f"in{len(g.inputs)}"
-        nid = g.add_input(TensorType(t_shape, dtype), name,
-                          "label" if dtype == "int64" else "data")
-        inputs[name] = draw_value(rng, concrete, domain)
+        nid = g.add_input(TensorType(t_shape, kind), name,
+                          "label" if kind == "int64" else "data")
+        inputs[name] = draw_value(rng, concrete, domain).astype(kind)
         return nid
 
     for _ in range(draw(st.integers(2, max_ops))):
@@ -86,7 +90,7 @@ def random_graphs(draw, max_ops=10):
             axis = sample.batch_dims[i] if i < len(sample.batch_dims) else None
             t_shape = tuple(BATCH if k == axis else d for k, d in enumerate(shape))
             reusable = [v for v in values
-                        if g.type_of(v) == TensorType(t_shape, "float64")]
+                        if g.type_of(v) == TensorType(t_shape, dtype)]
             if domain == "real" and reusable and draw(st.booleans()):
                 args.append(draw(st.sampled_from(reusable)))
             else:
@@ -96,7 +100,7 @@ def random_graphs(draw, max_ops=10):
         except GraphcError:
             continue   # a sample valid on its own shapes may not fit reused operands
         STATS["ops"].add(op)
-        if g.type_of(nid).dtype == "float64":
+        if g.type_of(nid).dtype == dtype:
             values.append(nid)
     assume(values)
     # some sinks stay unused (dead code for dce, or for codegen when dce is off)
@@ -173,12 +177,78 @@ def test_random_graphs_through_every_pass_combination(case, mask):
         assert_same(seen[text], want, f"compiled ({what})")
 
 
+PASS_EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_PASS_EXAMPLES", "100"))
+
+
+@fuzz_settings(PASS_EXAMPLES)
+@given(case=random_graphs())
+def test_random_graphs_every_pass_subset_interpreted(case):
+    """Without code generation (cheap): every subset of the passes, fused and unfused, on
+    many graphs; the optimized graph must verify and interpret to the same values."""
+    graph, inputs = case
+    with np.errstate(all="ignore"):
+        want = interpret(graph, inputs)
+    assume(all(np.all(np.isfinite(w)) for w in want))
+    note(ir.format_graph(graph))
+    STATS["interp_graphs"] += 1
+    names = pass_names()
+    for fuse in (True, False):
+        for bits in itertools.product([False, True], repeat=len(names)):
+            disabled = frozenset(n for n, b in zip(names, bits) if not b)
+            g = run_pipeline(graph, fuse, disabled)
+            verify(g)
+            STATS["interp_pipelines"] += 1
+            assert_same(interpret(g, inputs), want,
+                        f"interpreter after passes (fuse={fuse} disabled={sorted(disabled)})")
+
+
+F32_EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_F32_EXAMPLES", "4"))
+
+
+def assert_close_f32(got, want, what):
+    """float32: 1e-4 relative to each output's magnitude (summation order differs
+    between the interpreter's NumPy calls and the generated loops; fast-math functions
+    are within 5e-6, see codegen/fastmath.py)."""
+    for k, (a, b) in enumerate(zip(got, want)):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert a.shape == b.shape, f"{what} output {k}: shape {a.shape} vs {b.shape}"
+        scale = max(float(np.max(np.abs(b), initial=0.0)), 1e-3)
+        err = float(np.max(np.abs(a - b), initial=0.0))
+        assert err <= 1e-4 * scale, f"{what} output {k}: error {err:.3g} > 1e-4 x {scale:.3g}"
+
+
+@fuzz_settings(F32_EXAMPLES)
+@given(case=random_graphs(dtype="float32"))
+def test_random_float32_graphs_compiled_match_interpreter(case):
+    """float32 graphs, full pipeline fused and unfused: compiled code vs the interpreter."""
+    graph, inputs = case
+    verify(graph)
+    with np.errstate(all="ignore"):
+        want = interpret(graph, inputs)
+    assume(all(np.all(np.isfinite(w)) for w in want))
+    note(ir.format_graph(graph))
+    STATS["f32_graphs"] += 1
+    seen = {}
+    for fuse in (True, False):
+        g = run_pipeline(graph, fuse, frozenset())
+        verify(g)
+        text = ir.format_graph(g)
+        if text not in seen:
+            STATS["compiles"] += 1
+            seen[text] = compile_graph(g).run(inputs)
+        for out in seen[text]:
+            assert np.asarray(out).dtype in (np.float32, np.int64), np.asarray(out).dtype
+        assert_close_f32(seen[text], want, f"float32 compiled (fuse={fuse})")
+
+
 def test_fuzzer_reached_the_registry():
     """Runs after the fuzzer: report and check how much of the registry it exercised."""
     if not STATS["graphs"]:
         pytest.skip("graph fuzzer did not run in this session")
-    print(f"\nfuzz: {STATS['graphs']} graphs, {STATS['pipelines']} pipelines, "
-          f"{STATS['compiles']} compiles, {len(STATS['ops'])}/{len(FUZZ_OPS)} ops")
+    print(f"\nfuzz: {STATS['graphs']} float64 graphs, {STATS['f32_graphs']} float32 graphs, "
+          f"{STATS['pipelines']} pipelines, {STATS['compiles']} compiles; interpreter only: "
+          f"{STATS['interp_graphs']} graphs, {STATS['interp_pipelines']} pipelines; "
+          f"{len(STATS['ops'])}/{len(FUZZ_OPS)} ops")
     assert len(STATS["ops"]) >= min(10, len(FUZZ_OPS))
 
 
