@@ -6,8 +6,10 @@ loaded. Writes go to a temporary file that is renamed into place, so concurrent
 compiles and interrupted writes never leave a half-written module. Numba's own
 ``cache=True`` stores machine code beside each file. No global lock is taken.
 
->>> cache_dir().name
-'graphc'
+>>> import os
+>>> cache_dir() == (Path(os.environ["GRAPHC_CACHE_DIR"]) if "GRAPHC_CACHE_DIR" in os.environ
+...                 else Path.home() / ".cache" / "graphc")
+True
 """
 from __future__ import annotations
 
