@@ -18,6 +18,7 @@ from graphc.ir import BATCH, get_op
 from graphc.ir.printer import format_node
 
 from . import fastmath
+from .schedule import batch_source
 
 JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
 # Kernels are inlined into the driver by Numba, so a step compiles and caches as ONE
@@ -83,12 +84,8 @@ class CpuEmitter:
     def __init__(self, graph, schedule):
         self.g = graph
         self.s = schedule
-        self.batch_source = None
-        for nid in graph.inputs:
-            shape = graph.type_of(nid).shape
-            if BATCH in shape:
-                self.batch_source = (var(nid), shape.index(BATCH))
-                break
+        source = batch_source(graph)
+        self.batch_source = (var(source[0]), source[1]) if source else None
 
     def shape_expr(self, t) -> str:
         dims = ["n" if d == BATCH else str(d) for d in t.shape]

@@ -30,6 +30,7 @@ from graphc.ir import BATCH, CompileError, get_op
 from graphc.ir.printer import format_node
 
 from .cpu import TemplateContext, var
+from .schedule import batch_source
 
 JIT_FLAGS = "cache=True"
 MAX_BLOCKS = 8192        # per launch; grid-stride and block-stride loops cover the rest
@@ -94,12 +95,8 @@ class CudaEmitter:
         self.threads = threads
         self.tile = tile
         self.max_blocks = max_blocks
-        self.batch_source = None
-        for nid in graph.inputs:
-            shape = graph.type_of(nid).shape
-            if BATCH in shape:
-                self.batch_source = (var(nid), shape.index(BATCH))
-                break
+        source = batch_source(graph)
+        self.batch_source = (var(source[0]), source[1]) if source else None
 
     def shape_expr(self, t) -> str:
         if not t.shape:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from graphc.ir import CompileError, FusionKind, get_op
+from graphc.ir import BATCH, CompileError, FusionKind, get_op
 
 LOOP_KINDS = (FusionKind.ELEMWISE, FusionKind.BROADCAST)
 
@@ -63,6 +63,16 @@ def _kernel_name(graph, index, nodes, kind):
             ops.append(op)
     label = "_".join(ops[:4]) + ("_etc" if len(ops) > 4 else "")
     return f"k{index}_{label or 'fill'}"
+
+
+def batch_source(graph):
+    """(input id, axis) of the first graph input with the batch dimension, or None: the
+    drivers read the run-time batch size ``n`` from it."""
+    for nid in graph.inputs:
+        shape = graph.type_of(nid).shape
+        if BATCH in shape:
+            return nid, shape.index(BATCH)
+    return None
 
 
 def build_schedule(graph) -> Schedule:
