@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -91,6 +92,7 @@ class CompiledModel:
         self._arg_plans: dict = {}
         self.timings: dict = {}
         self._ran: set = set()
+        self._build_lock = threading.RLock()
         self._lr = np.array(optimizer.lr if optimizer else 0.0, dtype=self.dtype)
         # trace everything now so shape errors surface at compile time
         self._graph("forward")
@@ -178,19 +180,26 @@ class CompiledModel:
         if raw:
             return self._trace(kind)
         if kind not in self._graphs:
-            g = self._trace(kind)
-            t0 = time.perf_counter()
-            g, pm = optimize(g, fuse=self.fuse)
-            self.timings[f"passes.{kind}"] = time.perf_counter() - t0
-            self._graphs[kind], self._managers[kind] = g, pm
+            with self._build_lock:   # tracing flips the module's train/eval mode
+                if kind not in self._graphs:
+                    g = self._trace(kind)
+                    t0 = time.perf_counter()
+                    g, pm = optimize(g, fuse=self.fuse)
+                    self.timings[f"passes.{kind}"] = time.perf_counter() - t0
+                    self._graphs[kind], self._managers[kind] = g, pm
         return self._graphs[kind]
 
     def _exe(self, kind):
         exe = self._exes.get(kind)
         if exe is None:
-            options = {"store": self._device} if self._device is not None else {}
-            exe = compile_graph(self._graph(kind), target=self.target, **options)
-            self._exes[kind] = exe
+            # threads racing to the first call must share one executable (one set of
+            # buffers and one lock), so building is serialised
+            with self._build_lock:
+                exe = self._exes.get(kind)
+                if exe is None:
+                    options = {"store": self._device} if self._device is not None else {}
+                    exe = compile_graph(self._graph(kind), target=self.target, **options)
+                    self._exes[kind] = exe
         return exe
 
     def _inputs(self, kind, x, y=None):
@@ -201,7 +210,10 @@ class CompiledModel:
         """
         plan = self._arg_plans.get(kind)
         if plan is None:
-            plan = self._arg_plans[kind] = self._arg_plan(kind)
+            with self._build_lock:   # one plan (and one set of state arrays) per graph
+                plan = self._arg_plans.get(kind)
+                if plan is None:
+                    plan = self._arg_plans[kind] = self._arg_plan(kind)
         vals, x_at, y_at, _ = plan
         vals = list(vals)
         for i in x_at:

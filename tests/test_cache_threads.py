@@ -175,3 +175,20 @@ def test_damaged_numba_cache_is_rebuilt(cache, which, damage):
         f.write_bytes(os.urandom(len(data)) if damage == "garble" else data[: len(data) // 3])
     assert _run(root) == path       # correct output, no UnpicklingError
     _run(root)                      # and the rebuilt cache is readable again
+
+
+def test_first_calls_from_many_threads_share_one_executable():
+    """Threads racing to a model's first train_step must not build separate executables
+    (each with its own buffers and lock) that then update the parameters unsynchronised."""
+    m = gc.compile(_mlp(3), input_shape=(None, 3), loss="mse", optimizer=gc.optim.SGD(lr=0.05),
+                   dtype="float64")
+    barrier = threading.Barrier(4)
+    got = []
+
+    def first_call(i):
+        barrier.wait()
+        got.append((m._exe("train"), id(m._inputs("train", None, None)[1])))
+
+    _in_threads(4, first_call)
+    assert len({id(exe) for exe, _ in got}) == 1
+    assert len({param for _, param in got}) == 1
