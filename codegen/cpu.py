@@ -80,7 +80,10 @@ def _index(value_shape, iter_shape, names) -> str:
     return ", ".join(idx)
 
 
-class CpuEmitter:
+class Emitter:
+    """What every target's emitter shares: the graph, its schedule, where the driver reads
+    the batch size ``n``, shape expressions, IR comments and kernel signatures."""
+
     def __init__(self, graph, schedule):
         self.g = graph
         self.s = schedule
@@ -91,7 +94,6 @@ class CpuEmitter:
         dims = ["n" if d == BATCH else str(d) for d in t.shape]
         return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
-    # ------------------------------------------------------------ kernels
     def comment(self, nid) -> str:
         return "    # " + format_node(self.g, nid)
 
@@ -99,9 +101,12 @@ class CpuEmitter:
         params = [var(n) for n in k.inputs] + [var(n) for n in k.outputs]
         return f"def {k.name}({', '.join(params)}):"
 
+
+class CpuEmitter(Emitter):
+    # ------------------------------------------------------------ kernels
+
     def emit_loop(self, k) -> list[str]:
         g = self.g
-        nset = set(k.nodes)
         iter_shape = g.type_of(k.outputs[0]).shape
         for o in k.outputs:
             if g.type_of(o).shape != iter_shape:

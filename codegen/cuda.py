@@ -26,11 +26,9 @@ import math
 import numba
 import numpy as np
 
-from graphc.ir import BATCH, CompileError, get_op
-from graphc.ir.printer import format_node
+from graphc.ir import CompileError, get_op
 
-from .cpu import TemplateContext, var
-from .schedule import batch_source
+from .cpu import Emitter, TemplateContext, var
 
 JIT_FLAGS = "cache=True"
 MAX_BLOCKS = 8192        # per launch; grid-stride and block-stride loops cover the rest
@@ -86,36 +84,23 @@ def cuda_supported(graph) -> list[str]:
     return missing
 
 
-class CudaEmitter:
+class CudaEmitter(Emitter):
     def __init__(self, graph, schedule, threads=256, tile=16, max_blocks=MAX_BLOCKS):
         if threads & (threads - 1):
             raise CompileError(f"CUDA block size {threads} is not a power of two")
-        self.g = graph
-        self.s = schedule
+        super().__init__(graph, schedule)
         self.threads = threads
         self.tile = tile
         self.max_blocks = max_blocks
-        source = batch_source(graph)
-        self.batch_source = (var(source[0]), source[1]) if source else None
 
     def shape_expr(self, t) -> str:
-        if not t.shape:
-            return "(1,)"
-        dims = ["n" if d == BATCH else str(d) for d in t.shape]
-        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-    def comment(self, nid) -> str:
-        return "    # " + format_node(self.g, nid)
-
-    def signature(self, k):
-        params = [var(n) for n in k.inputs] + [var(n) for n in k.outputs]
-        return f"def {k.name}({', '.join(params)}):"
+        # device arrays have no rank 0: scalars live in one-element arrays
+        return "(1,)" if not t.shape else super().shape_expr(t)
 
     # ------------------------------------------------------------ kernels
     def emit_loop(self, k):
         """One grid-stride kernel evaluating the whole group per element, in registers."""
         g = self.g
-        nset = set(k.nodes)
         iter_shape = g.type_of(k.outputs[0]).shape
         for o in k.outputs:
             if g.type_of(o).shape != iter_shape:

@@ -76,7 +76,6 @@ class _Groups:
     def convex_after_merge(self, a: set, b: set) -> bool:
         """True if merging node sets ``a`` and ``b`` leaves the group graph acyclic."""
         merged = a | b
-        g = self.g
         frontier = [u for u in self._succ_units(merged) if u not in merged]
         seen = set()
         while frontier:

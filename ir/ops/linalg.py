@@ -1,8 +1,6 @@
 """Matrix products."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import ShapeError
 from ..registry import FusionKind, OpDef, Sample, register
 from ..types import TensorType, format_shape

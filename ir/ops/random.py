@@ -49,7 +49,7 @@ def _impl(xs, a, shape):
 
 
 def _kernel(ctx):
-    x, seed, out = ctx.args[0], ctx.args[1], ctx.out
+    seed, out = ctx.args[1], ctx.out
     u64 = "np.uint64"
     ctx.emit(f"h0 = {u64}(np.int64({seed}[()])) * {u64}({GOLDEN})")
     ctx.emit(f"flat = {out}.reshape({out}.size)")
@@ -67,7 +67,7 @@ def _kernel(ctx):
 
 def _cuda_kernel(ctx):
     """The same hash per flat (C-order) element index as the CPU kernel: equal masks."""
-    x, seed, out = ctx.args[0], ctx.args[1], ctx.out
+    seed, out = ctx.args[1], ctx.out
     rank = ctx.out_type.rank
     names = [f"i{k}" for k in range(rank)]
     ctx.emit(f"h0 = uint64(int64({seed}[0])) * uint64({GOLDEN})")
