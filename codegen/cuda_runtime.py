@@ -48,6 +48,7 @@ def check_cuda():
     except Exception as exc:   # numba built without CUDA support, broken toolkit paths...
         raise CompileError(f"target='cuda' needs Numba's CUDA target, which failed to import "
                            f"({type(exc).__name__}: {exc}); {INSTALL_HINT}") from None
+    _quiet_small_grid_warnings()
     if simulator_enabled():
         return cuda
     try:
@@ -58,6 +59,16 @@ def check_cuda():
         raise CompileError(f"target='cuda' found no usable NVIDIA GPU or CUDA driver; "
                            f"{INSTALL_HINT}")
     return cuda
+
+
+def _quiet_small_grid_warnings():
+    # graphc sizes each grid to its work: a mean loss is one block, a bias-gradient
+    # reduction one block per column, by design. Numba warns "Grid size N will likely
+    # result in GPU under-utilization" on every such launch (seen: hundreds per training
+    # run on an H100), which buries real warnings.
+    import warnings
+    warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU "
+                            r"under-utilization")
 
 
 def _device_shape(shape) -> tuple:

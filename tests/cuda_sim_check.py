@@ -29,6 +29,40 @@ TOL = {"float64": 1e-9, "float32": 1e-4}
 # lets them run instead of waiting 5 ms per turn (about 4x faster here).
 sys.setswitchinterval(1e-4)
 RESULTS = []
+
+
+def _serialise_simulator_shared_arrays():
+    """The simulator gives a block's threads one shared array per call site through an
+    unlocked check-then-insert; a thread preempted between the two makes its own array,
+    so its writes never reach its block (seen as a wrong tiled matmul, about one run in
+    six under load). Real GPUs have no such race: serialise the lookup."""
+    import threading
+
+    from numba import config
+    if not config.ENABLE_CUDASIM:
+        return
+    from numba.cuda.simulator import kernelapi
+    from numba.core import types
+    from numba.np import numpy_support
+    lock = threading.Lock()
+    dynamic = kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:   # dynamic shared memory: one buffer, no lookup
+            return dynamic(self, shape, dtype)
+        caller = sys._getframe(1)
+        site = (caller.f_code.co_filename, caller.f_lineno)   # the simulator's own key
+        with lock:
+            res = self._allocations.get(site)
+            if res is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                res = self._allocations[site] = np.empty(shape, dtype)
+        return res
+    kernelapi.FakeCUDAShared.array = array
+
+
+_serialise_simulator_shared_arrays()
 # the simulator runs dropout's uint64 hash on NumPy scalars, which warn on the (intended)
 # wrap-around of its multiplications; on a GPU it wraps silently
 warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)
