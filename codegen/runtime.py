@@ -29,6 +29,13 @@ from .cpu import emit_cpu_source
 from .schedule import build_schedule
 
 MAX_BATCH_SIZES = 8
+# id(graph) -> (graph, schedule, source, module): a graph object compiled again (e.g.
+# the optimized graph that ``gc.compile`` shares between identical models) skips
+# scheduling, emission and the module import; the entry keeps the graph alive, so its
+# id cannot be reused while the entry exists
+_CODEGEN: OrderedDict = OrderedDict()
+_CODEGEN_MAX = 64
+_CODEGEN_LOCK = threading.Lock()
 
 
 @njit(cache=True, nogil=True)
@@ -214,10 +221,20 @@ def compile_graph(graph, target: str = "cpu", **options) -> Executable:
     if target != "cpu":
         raise CompileError(f"unknown target {target!r} for compile_graph; use 'cpu' or 'cuda'")
     t0 = time.perf_counter()
+    with _CODEGEN_LOCK:
+        hit = _CODEGEN.get(id(graph))
+    if hit is not None and hit[0] is graph:
+        exe = Executable(graph, *hit[1:], target)   # own buffers and lock
+        exe.timings = {"codegen": 0.0, "load": 0.0, "reused": time.perf_counter() - t0}
+        return exe
     schedule = build_schedule(graph)
     source = emit_cpu_source(graph, schedule)
     t1 = time.perf_counter()
     module = load_module(source, tag=graph.name)
     exe = Executable(graph, schedule, source, module, target)
     exe.timings = {"codegen": t1 - t0, "load": time.perf_counter() - t1}
+    with _CODEGEN_LOCK:
+        _CODEGEN[id(graph)] = (graph, schedule, source, module)
+        while len(_CODEGEN) > _CODEGEN_MAX:
+            _CODEGEN.popitem(last=False)
     return exe

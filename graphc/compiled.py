@@ -11,12 +11,14 @@
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
-from graphc.codegen import compile_graph
 from graphc.ir import (BATCH, CompileError, Graph, InputError, OpError, ShapeError, TensorType,
                        format_graph)
 from graphc.ir.types import dtype_name, format_shape
@@ -30,6 +32,50 @@ from .pipeline import optimize
 from .tracing import Tensor, as_tensor, tracing
 
 GRAPH_KINDS = ("forward", "loss", "gradients", "train")
+# traced-graph fingerprint -> (optimized graph, pass manager): compiling the same model
+# again in one process skips the passes, and (through the shared graph object) the
+# code generation and module import in ``codegen.runtime``
+_OPTIMIZED: OrderedDict = OrderedDict()
+_OPTIMIZED_MAX = 64
+_OPTIMIZED_LOCK = threading.Lock()
+
+
+def _canonical(value):
+    """A repr-able stand-in for an attribute value: arrays by dtype, shape and a hash of
+    their bytes (NumPy's repr elides long arrays, so two different constants could
+    print alike)."""
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape,
+                hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest())
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_canonical(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((repr(k), _canonical(v)) for k, v in value.items())))
+    return (type(value).__name__, repr(value))
+
+
+def graph_fingerprint(g, **options) -> str:
+    """A hash of everything in traced graph ``g`` that the passes and code generator
+    read (nodes with ops, attributes, types, operands, names; inputs, outputs, aliases,
+    meta) plus ``options``. Equal fingerprints give the same optimized graph.
+
+    >>> from graphc.ir import Graph, TensorType
+    >>> def g(n):
+    ...     g = Graph("f"); x = g.add_input(TensorType(("N", n), "float32"), "x")
+    ...     g.set_outputs([g.add("exp", [x])]); return g
+    >>> graph_fingerprint(g(3)) == graph_fingerprint(g(3)) != graph_fingerprint(g(4))
+    True
+    >>> graph_fingerprint(g(3), fuse=True) == graph_fingerprint(g(3), fuse=False)
+    False
+    """
+    nodes = tuple((nid, d["op"], str(d["type"]), tuple(d["args"]), d.get("name"),
+                   d.get("group"), _canonical(d["attrs"]))
+                  for nid, d in sorted(g.nx.nodes(data=True)))
+    edges = tuple(sorted(g.nx.edges(keys=True)))
+    text = repr((g.name, nodes, edges, tuple(g.inputs), tuple(g.outputs),
+                 tuple(g.output_names), tuple(sorted(g.aliases.items())),
+                 _canonical(g.meta), tuple(sorted(options.items()))))
+    return hashlib.sha256(text.encode()).hexdigest()
 _LOSS_ONLY = frozenset({0})   # outputs to copy out under the runtime's lock: the loss
 
 
@@ -184,10 +230,29 @@ class CompiledModel:
                 if kind not in self._graphs:
                     g = self._trace(kind)
                     t0 = time.perf_counter()
-                    g, pm = optimize(g, fuse=self.fuse)
+                    g, pm = self._optimize(g)
                     self.timings[f"passes.{kind}"] = time.perf_counter() - t0
                     self._graphs[kind], self._managers[kind] = g, pm
         return self._graphs[kind]
+
+    def _optimize(self, g):
+        """The pass pipeline on traced graph ``g``, or the optimized graph of an earlier
+        compile of an identical traced graph in this process (shared, read-only: the
+        executables built on it own their buffers). CUDA graphs are not shared."""
+        if self.target != "cpu":
+            return optimize(g, fuse=self.fuse)
+        key = graph_fingerprint(g, fuse=self.fuse, verify=os.environ.get("GRAPHC_VERIFY"))
+        with _OPTIMIZED_LOCK:
+            hit = _OPTIMIZED.get(key)
+            if hit is not None:
+                _OPTIMIZED.move_to_end(key)
+                return hit
+        hit = optimize(g, fuse=self.fuse)
+        with _OPTIMIZED_LOCK:
+            hit = _OPTIMIZED.setdefault(key, hit)   # a racing thread's result wins
+            while len(_OPTIMIZED) > _OPTIMIZED_MAX:
+                _OPTIMIZED.popitem(last=False)
+        return hit
 
     def _exe(self, kind):
         exe = self._exes.get(kind)
@@ -197,6 +262,9 @@ class CompiledModel:
             with self._build_lock:
                 exe = self._exes.get(kind)
                 if exe is None:
+                    # imported here: ``import graphc`` does not load Numba (~0.3-0.5 s);
+                    # the first compiled graph does
+                    from graphc.codegen import compile_graph
                     options = {"store": self._device} if self._device is not None else {}
                     exe = compile_graph(self._graph(kind), target=self.target, **options)
                     self._exes[kind] = exe

@@ -17,7 +17,6 @@ import functools
 
 import numpy as np
 
-from graphc.codegen import compile_graph
 from graphc.ir import DTypeError, ShapeError, format_graph
 from graphc.ir.types import dtype_name
 from graphc.passes import add_gradients
@@ -66,6 +65,7 @@ class _Traced:
         if exe is None:
             graph = self.build(sig)
             graph, _ = optimize(graph, fuse=self.fuse)
+            from graphc.codegen import compile_graph   # Numba loads on first compile
             exe = compile_graph(graph)
             self._cache[sig] = exe
         return exe
