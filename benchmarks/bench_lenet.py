@@ -1,11 +1,13 @@
-"""LeNet-5 training step (batch 64, 1x28x28): median ms per step, graphc vs torch eager.
+"""LeNet-5 training step (batch 64, 1x28x28): median ms per step, graphc vs torch eager
+and JAX jit.
 
 conv 5x5 6ch -> relu -> pool 2 -> conv 5x5 16ch -> relu -> pool 2 -> 120 -> 84 -> 10,
 cross-entropy, SGD with momentum. Run with OpenBLAS at full speed:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_lenet.py
 
-torch is compared only if it is importable (it is not a dependency).
+torch and JAX are compared only if importable (neither is a dependency).
+``lenet_rows()`` returns the rows for ``benchmarks/bench.py``.
 
 On a busy 2-core machine OpenBLAS's own threads stall the small fully-connected matmuls
 (~30 ms each instead of ~0.1 ms); ``OPENBLAS_NUM_THREADS=1`` avoids that. The printed
@@ -62,10 +64,12 @@ def bench_graphc(x, y, fuse, dtype, warmup, repeat):
 
 
 def bench_torch(x, y, warmup, repeat):
+    """(median ms, build s) of the same step in PyTorch eager, or None."""
     try:
         import torch
     except ImportError:
         return None
+    t0 = time.perf_counter()
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(1, 6, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -80,7 +84,93 @@ def bench_torch(x, y, warmup, repeat):
         loss = torch.nn.functional.cross_entropy(net(xt), yt)
         loss.backward()
         opt.step()
-    return _median_ms(step, warmup, repeat)
+    step()
+    build_s = time.perf_counter() - t0
+    return _median_ms(step, warmup, repeat), build_s
+
+
+def bench_jax(x, y, warmup, repeat):
+    """(median ms, build s) of the same step under ``jax.jit`` (value_and_grad + SGD with
+    momentum, conv via ``lax.conv_general_dilated``, pool via ``lax.reduce_window``), or
+    None if JAX is not installed."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+    except ImportError:
+        return None
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+
+    def init(shape, fan_in):
+        bound = 1.0 / np.sqrt(fan_in)
+        return jnp.asarray(rng.uniform(-bound, bound, shape).astype(x.dtype))
+
+    params = {"c1w": init((6, 1, 5, 5), 25), "c1b": init((6,), 25),
+              "c2w": init((16, 6, 5, 5), 150), "c2b": init((16,), 150),
+              "f1w": init((256, 120), 256), "f1b": init((120,), 256),
+              "f2w": init((120, 84), 120), "f2b": init((84,), 120),
+              "f3w": init((84, 10), 84), "f3b": init((10,), 84)}
+    moms = jax.tree_util.tree_map(jnp.zeros_like, params)
+
+    def conv(h, w, b):
+        h = lax.conv_general_dilated(h, w, (1, 1), "VALID",
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return h + b[None, :, None, None]
+
+    def pool(h):
+        return lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def loss_fn(p, xb, yb):
+        h = pool(jax.nn.relu(conv(xb, p["c1w"], p["c1b"])))
+        h = pool(jax.nn.relu(conv(h, p["c2w"], p["c2b"])))
+        h = h.reshape(h.shape[0], -1)
+        h = jax.nn.relu(h @ p["f1w"] + p["f1b"])
+        h = jax.nn.relu(h @ p["f2w"] + p["f2b"])
+        logits = h @ p["f3w"] + p["f3b"]
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+
+    @jax.jit
+    def train(p, m, xb, yb):
+        loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
+        m = jax.tree_util.tree_map(lambda mi, gi: 0.9 * mi + gi, m, g)
+        p = jax.tree_util.tree_map(lambda pi, mi: pi - 0.01 * mi, p, m)
+        return p, m, loss
+
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    state = [params, moms]
+
+    def step():
+        p, m, loss = train(state[0], state[1], xj, yj)
+        loss.block_until_ready()
+        state[0], state[1] = p, m
+    step()
+    build_s = time.perf_counter() - t0
+    return _median_ms(step, warmup, repeat), build_s
+
+
+def lenet_rows(batch=64, repeat=50, warmup=5, dtype="float32"):
+    """Rows ``(implementation, median seconds per step, build seconds)`` for the LeNet
+    training step: graphc fused and unfused, then PyTorch eager and JAX jit where
+    installed. Set OPENBLAS_* in the calling process (see the module docstring).
+
+    >>> rows = lenet_rows(batch=8, repeat=3)      # doctest: +SKIP
+    >>> rows[0][0]                                # doctest: +SKIP
+    'graphc fused'
+    """
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(dtype)
+    y = rng.integers(0, 10, batch)
+    rows = []
+    for name, fuse in (("graphc fused", True), ("graphc unfused", False)):
+        ms, build_s = bench_graphc(x, y, fuse, dtype, warmup, repeat)
+        rows.append((name, ms / 1e3, build_s))
+    for name, bench in (("PyTorch eager", bench_torch), ("JAX jit", bench_jax)):
+        got = bench(x, y, warmup, repeat)
+        if got is not None:
+            rows.append((name, got[0] / 1e3, got[1]))
+    return rows
 
 
 def main():
@@ -89,20 +179,14 @@ def main():
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--no-fuse", action="store_true")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, 1, 28, 28)).astype(args.dtype)
-    y = rng.integers(0, 10, args.batch)
-    ms, compile_s = bench_graphc(x, y, not args.no_fuse, args.dtype, args.warmup, args.repeat)
-    print(f"graphc LeNet train step, batch {args.batch}, {args.dtype}: {ms:.2f} ms/step "
-          f"(median of {args.repeat}; compile + first step {compile_s:.1f} s; "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
-    torch_ms = bench_torch(x, y, args.warmup, args.repeat)
-    if torch_ms is None:
-        print("torch: not installed, no comparison")
-    else:
-        print(f"torch eager: {torch_ms:.2f} ms/step ({torch_ms / ms:.2f}x graphc's time)")
+    rows = lenet_rows(args.batch, args.repeat, args.warmup, args.dtype)
+    print(f"LeNet train step, batch {args.batch}, {args.dtype}, median of {args.repeat} "
+          f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
+    ref = rows[0][1]
+    for name, sec, build_s in rows:
+        print(f"  {name:15s} {sec * 1e3:7.2f} ms/step  {ref / sec:5.2f}x graphc fused's speed"
+              f"   (build + first step {build_s:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -116,9 +116,46 @@ def _window_loop(g):
             f"    for j in range(max(w0, 0), min(w0 + {g['KW']}, {g['W']})):"]
 
 
+def _tiled(g):
+    """Windows that tile the input without overlap or padding (the usual 2x2/2 pool):
+    such kernels unroll the window and need no clipping, and the gradient writes every
+    input pixel exactly once (no zero fill, no scatter-add)."""
+    return (g["P0"] == 0 and g["P1"] == 0 and g["S0"] == g["KH"] and g["S1"] == g["KW"]
+            and g["KH"] * g["KW"] <= 16)
+
+
+def _tiled_loads(ctx, g, x, ind):
+    """Lines loading window (oh, ow) of ``x`` and finding its first maximum
+    (``m``; flat window index ``k``, -1 when no value exceeds -inf, e.g. all NaN)."""
+    e = lambda s: ctx.emit(ind + s)  # noqa: E731
+    e(f"m = {ctx.lit(-np.inf)}")
+    e("k = -1")
+    for t in range(g["KH"] * g["KW"]):
+        i, j = divmod(t, g["KW"])
+        e(f"p{t} = {x}[b, c, i0 + {i}, j0 + {j}]")
+        e(f"if p{t} > m:")
+        e(f"    m = p{t}")
+        e(f"    k = {t}")
+
+
+def _tiled_windows(ctx, g, x4):
+    e = ctx.emit
+    e(f"for b in range({x4}.shape[0]):")
+    e(f"    for c in range({x4}.shape[1]):")
+    e(f"        for oh in range({g['OH']}):")
+    e(f"            i0 = oh * {g['KH']}")
+    e(f"            for ow in range({g['OW']}):")
+    e(f"                j0 = ow * {g['KW']}")
+
+
 def _max_kernel(ctx):
     x, out = ctx.args[0], ctx.out
     g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.out_type.shape[2:])
+    if _tiled(g):
+        _tiled_windows(ctx, g, x)
+        _tiled_loads(ctx, g, x, " " * 16)
+        ctx.emit(f"                {out}[b, c, oh, ow] = m")
+        return
     _emit_windows(ctx, g, x, ["m = -np.inf"] + _window_loop(g) + [
         f"        v = {x}[b, c, i, j]",
         "        if v > m:",
@@ -126,9 +163,32 @@ def _max_kernel(ctx):
         f"{out}[b, c, oh, ow] = m"])
 
 
+def _max_grad_tiled(ctx, g, x, gout, dx):
+    zero = ctx.lit(0.0)
+    rows, cols = g["OH"] * g["KH"], g["OW"] * g["KW"]
+    # the ragged edge no window covers (bottom rows, right columns) gets zeros
+    for lo_i, hi_i, lo_j in ((rows, g["H"], 0), (0, rows, cols)):
+        if lo_i < hi_i and lo_j < g["W"]:
+            ctx.emit(f"for b in range({x}.shape[0]):")
+            ctx.emit(f"    for c in range({x}.shape[1]):")
+            ctx.emit(f"        for i in range({lo_i}, {hi_i}):")
+            ctx.emit(f"            for j in range({lo_j}, {g['W']}):")
+            ctx.emit(f"                {dx}[b, c, i, j] = {zero}")
+    _tiled_windows(ctx, g, x)
+    ind = " " * 16
+    _tiled_loads(ctx, g, x, ind)
+    ctx.emit(f"{ind}gv = {gout}[b, c, oh, ow]")
+    for t in range(g["KH"] * g["KW"]):
+        i, j = divmod(t, g["KW"])
+        ctx.emit(f"{ind}{dx}[b, c, i0 + {i}, j0 + {j}] = gv if k == {t} else {zero}")
+
+
 def _max_grad_kernel(ctx):
     x, gout, dx = ctx.args[0], ctx.args[1], ctx.out
     g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.in_types[1].shape[2:])
+    if _tiled(g):
+        _max_grad_tiled(ctx, g, x, gout, dx)
+        return
     ctx.emit(f"{dx}[:] = {ctx.lit(0.0)}")
     _emit_windows(ctx, g, x, ["m = -np.inf", "bi = -1", "bj = -1"] + _window_loop(g) + [
         f"        v = {x}[b, c, i, j]",
@@ -289,6 +349,8 @@ _POOL_SAMPLES = (
     Sample(shapes=((1, 2, 5, 7),), attrs={"kernel": (3, 2), "stride": (2, 1),
                                           "padding": (1, 1)}),
     Sample(shapes=((2, 1, 5, 5),), attrs={"kernel": (3, 3), "stride": (1, 1)}),
+    # non-overlapping windows with a ragged edge (the unrolled fast path)
+    Sample(shapes=((2, 2, 7, 5),), attrs={"kernel": (3, 2), "stride": (3, 2)}),
 )
 
 register(OpDef(
@@ -310,7 +372,11 @@ register(OpDef(
              Sample(shapes=((1, 2, 5, 7), (1, 2, 3, 8)),
                     attrs={"kernel": (3, 2), "stride": (2, 1), "padding": (1, 1)}),
              Sample(shapes=((2, 1, 5, 5), (2, 1, 3, 3)), attrs={"kernel": (3, 3),
-                                                                 "stride": (1, 1)})),
+                                                                 "stride": (1, 1)}),
+             Sample(shapes=((2, 2, 7, 5), (2, 2, 2, 2)), attrs={"kernel": (3, 2),
+                                                                 "stride": (3, 2)}),
+             Sample(shapes=((1, 3, 5, 6), (1, 3, 2, 3)), attrs={"kernel": (2, 2),
+                                                                 "stride": (2, 2)})),
     doc="Gradient of max_pool2d: each window's output gradient goes to its argmax."))
 
 register(OpDef(
