@@ -9,7 +9,7 @@ Workloads (float32, medians of repeated steps after warm-up):
 - Elementwise chain y = sigmoid(x)*tanh(x) + 0.5*relu(x) - softplus(x) on 4M floats,
   value and gradient of sum(y); GB/s over the 32 MB that must move (read x, write dy/dx)
   against the measured copy bandwidth (the memory-traffic floor).
-- LeNet (1x28x28) at batch 64, if ``gc.nn.Conv2d`` exists.
+- LeNet (1x28x28) at batch 64 (benchmarks/bench_lenet.py): one training step.
 """
 from __future__ import annotations
 
@@ -262,8 +262,8 @@ def main(argv=None):
     rows = []
 
     def add(workload, impl, seconds, items, work, unit):
-        rate = work / seconds / 1e9
-        rows.append((workload, impl, seconds * 1e3, items / seconds, f"{rate:.1f} {unit}"))
+        rate = f"{work / seconds / 1e9:.1f} {unit}" if work else "-"
+        rows.append((workload, impl, seconds * 1e3, items / seconds, rate))
         print(f"  {workload:22} {impl:34} {seconds * 1e3:9.3f} ms", flush=True)
 
     mlp_impls = [("graphc fused", lambda: graphc_mlp(True)),
@@ -298,10 +298,12 @@ def main(argv=None):
         s = median_time(run, max(int(20 * q), 5), warmup=2)
         add("chain 4M fwd+bwd", name, s, CHAIN_N, 2 * x.nbytes, "GB/s")
 
-    if hasattr(gc.nn, "Conv2d"):
-        print("  (LeNet: gc.nn.Conv2d exists but this script has no LeNet step yet)")
-    else:
-        print("  LeNet b64: skipped (gc.nn.Conv2d does not exist in this build)")
+    # LeNet (1x28x28, batch 64): the rows of benchmarks/bench_lenet.py, same process
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_lenet import lenet_rows
+    for name, s, build in lenet_rows(batch=64, repeat=max(int(50 * q), 5)):
+        label = {"PyTorch eager": "pytorch eager", "JAX jit": "jax jit"}.get(name, name)
+        add("LeNet b64", f"{label} (build {build:.1f}s)", s, 64, 0.0, "")
 
     print()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
