@@ -134,7 +134,7 @@ def emit_reduce_loop(em, k) -> list[str]:
         # Unsigned index: Numba wraps negative int64 indices (i < 0 -> i + n), and LLVM
         # cannot prove a block's indices non-negative, so it kept every load and store
         # scalar around the vector math; those scalar stores also made the next loads
-        # wait whenever input and output sat a multiple of 4 KiB apart (4K aliasing: the
+        # wait when output - input was 0-16 bytes past a multiple of 4 KiB (4K aliasing: the
         # chain bench ran 10-20x slower). uint64 indices carry no wraparound.
         lines.append(f"{outer}    for i{last} in range(np.uint64(b{last}), np.uint64(min("
                      f"b{last} + {SUM_BLOCK}, {var(src)}.shape[{last}]))):")
