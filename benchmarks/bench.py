@@ -137,16 +137,24 @@ def numpy_mlp():
     return step
 
 
-def torch_mlp():
+def torch_mlp(compiled=False):
+    """PyTorch eager step, or with ``compiled`` the loss torch.compile'd: Inductor fuses
+    forward and backward (AOTAutograd); zero_grad, backward() and the SGD step stay eager
+    (compiling the whole step function breaks its graph at exactly those calls)."""
     import torch
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
                               torch.nn.ReLU(), torch.nn.Linear(256, 10))
     opt = torch.optim.SGD(net.parameters(), lr=LR)
 
+    def loss_fn(x, y):
+        return torch.nn.functional.cross_entropy(net(x), y)
+    if compiled:
+        loss_fn = torch.compile(loss_fn)
+
     def step(x, y):
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        loss = loss_fn(torch.from_numpy(x), torch.from_numpy(y))
         loss.backward()
         opt.step()
         return float(loss)
@@ -208,17 +216,30 @@ def chain_numpy(x):
     return run
 
 
+def _torch_chain_loss(v):
+    import torch
+    return (torch.sigmoid(v) * torch.tanh(v) + 0.5 * torch.relu(v)
+            - torch.nn.functional.softplus(v)).sum()
+
+
 def chain_torch(x):
     import torch
     xt = torch.from_numpy(x)
 
     def run():
         v = xt.detach().requires_grad_()
-        y = (torch.sigmoid(v) * torch.tanh(v) + 0.5 * torch.relu(v)
-             - torch.nn.functional.softplus(v)).sum()
-        y.backward()
+        _torch_chain_loss(v).backward()
         return v.grad
     return run
+
+
+def chain_torch_compile(x):
+    """torch.compile of value-and-gradient as one function (torch.func.grad_and_value):
+    one graph, forward and backward fused by Inductor; compiled on the first call."""
+    import torch
+    f = torch.compile(torch.func.grad_and_value(_torch_chain_loss))
+    xt = torch.from_numpy(x)
+    return lambda: f(xt)[0]
 
 
 def chain_jax(x):
@@ -269,6 +290,8 @@ def main(argv=None):
     mlp_impls = [("graphc fused", lambda: graphc_mlp(True)),
                  ("graphc unfused", lambda: graphc_mlp(False)),
                  ("numpy", numpy_mlp), ("pytorch eager", lambda: _optional(torch_mlp)),
+                 ("pytorch compile (loss; step eager)",
+                  lambda: _optional(lambda: torch_mlp(compiled=True))),
                  ("jax jit", lambda: _optional(jax_mlp))]
     for name, make in mlp_impls:
         t = time.perf_counter()
@@ -290,13 +313,18 @@ def main(argv=None):
                    ("graphc unfused", lambda: chain_graphc(x, False, False)),
                    ("numpy", lambda: chain_numpy(x)),
                    ("pytorch eager", lambda: _optional(lambda: chain_torch(x))),
+                   ("pytorch compile", lambda: _optional(lambda: chain_torch_compile(x))),
                    ("jax jit", lambda: _optional(lambda: chain_jax(x)))]
     for name, make in chain_impls:
+        t = time.perf_counter()
         run = make()
         if run is None:
             continue
+        run()   # compiles (graphc, torch.compile, jax.jit): timed here, not in the steps
+        build = time.perf_counter() - t
         s = median_time(run, max(int(20 * q), 5), warmup=2)
-        add("chain 4M fwd+bwd", name, s, CHAIN_N, 2 * x.nbytes, "GB/s")
+        add("chain 4M fwd+bwd", f"{name} (build {build:.1f}s)", s, CHAIN_N, 2 * x.nbytes,
+            "GB/s")
 
     # LeNet (1x28x28, batch 64): the rows of benchmarks/bench_lenet.py, same process
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -99,7 +99,14 @@ def emit_reduce_loop(em, k) -> list[str]:
     # re-associated ('reassoc' only: NaN/Inf semantics stay IEEE), which lets LLVM
     # vectorise the whole loop; the result differs from a sequential sum by rounding.
     scalar_sums = [r for r in reds if g.type_of(r).rank == 0 and g.op_of(r) != "reduce_max"]
-    flags = JIT_FLAGS + (", fastmath={'reassoc'}" if scalar_sums else "")
+    # float32 loops may also contract a*b+c into one FMA (the fast-math polynomials are
+    # mostly that: ~20% fewer instructions); fastmath.LOOP_FLAGS keeps their error bounds.
+    # float64 loops keep separate roundings, as the interpreter computes them.
+    dtypes = {g.type_of(n).dtype for n in elems + reds}
+    fm = {"reassoc"} if scalar_sums else set()
+    if "float32" in dtypes and "float64" not in dtypes:
+        fm |= set(fastmath.LOOP_FLAGS)
+    flags = JIT_FLAGS + (", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
     lines = [f"@njit({flags})", em.signature(k)] + head_lines
     lines += [em.comment(n) for n in k.nodes if n != h]
     for r in reds:
@@ -124,8 +131,13 @@ def emit_reduce_loop(em, k) -> list[str]:
         lines.append(f"{outer}for b{last} in range(0, {var(src)}.shape[{last}], {SUM_BLOCK}):")
         for r in scalar_sums:
             lines.append(f"{outer}    part{r} = {literal(0.0, g.type_of(r).dtype)}")
-        lines.append(f"{outer}    for i{last} in range(b{last}, min(b{last} + {SUM_BLOCK}, "
-                     f"{var(src)}.shape[{last}])):")
+        # Unsigned index: Numba wraps negative int64 indices (i < 0 -> i + n), and LLVM
+        # cannot prove a block's indices non-negative, so it kept every load and store
+        # scalar around the vector math; those scalar stores also made the next loads
+        # wait when output - input was 0-16 bytes past a multiple of 4 KiB (4K aliasing: the
+        # chain bench ran 10-20x slower). uint64 indices carry no wraparound.
+        lines.append(f"{outer}    for i{last} in range(np.uint64(b{last}), np.uint64(min("
+                     f"b{last} + {SUM_BLOCK}, {var(src)}.shape[{last}]))):")
         ind = outer + "        "
     for v in reads:
         if v not in local:

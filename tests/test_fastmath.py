@@ -14,20 +14,24 @@ from graphc.ir import Graph, TensorType
 TINY = float(np.finfo(np.float32).tiny)
 
 
-def _loop(f):
-    @njit(error_model="numpy", boundscheck=False)
+def _loop(f, flags=False):
+    @njit(error_model="numpy", boundscheck=False, fastmath=flags)
     def apply(x, out):
         for i in range(x.size):
             out[i] = f(x[i])
     return apply
 
 
-_KERNELS = {name: _loop(f) for name, f in fastmath.FUNCTIONS.items()}
+# the functions are inlined, so they compile with the flags of the generated loop:
+# none (plain loops), or fastmath.LOOP_FLAGS plus 'reassoc' (float32 reduction loops)
+LOOP_FLAGS = set(fastmath.LOOP_FLAGS) | {"reassoc"}
+_KERNELS = {(name, fl): _loop(f, LOOP_FLAGS if fl else False)
+            for name, f in fastmath.FUNCTIONS.items() for fl in (False, True)}
 
 
-def _run(name, x):
+def _run(name, x, loop_flags=False):
     out = np.empty_like(x)
-    _KERNELS[name](x, out)
+    _KERNELS[name, loop_flags](x, out)
     return out
 
 
@@ -53,9 +57,10 @@ def _inputs():
 X = _inputs()
 
 
+@pytest.mark.parametrize("loop_flags", [False, True], ids=["plain", "loop_flags"])
 @pytest.mark.parametrize("name", sorted(fastmath.FUNCTIONS))
-def test_accuracy_and_special_values(name):
-    out = _run(name, X).astype(np.float64)
+def test_accuracy_and_special_values(name, loop_flags):
+    out = _run(name, X, loop_flags).astype(np.float64)
     ref = _reference(name, X.astype(np.float64))
     with np.errstate(all="ignore"):
         ref32 = ref.astype(np.float32).astype(np.float64)
@@ -129,6 +134,33 @@ def test_generated_float32_loop_uses_fast_math_and_vectorises():
     packed = re.findall(r"\bv?(?:mul|add|sub|div|fmadd\w*)ps\s+[^\n]*[xyz]mm", asm)
     assert len(packed) > 20, "the float32 fast-math loop did not vectorise"
     assert not re.search(r"call\w*\s+\S*(expf|logf|tanhf|log1pf)", asm)
+
+
+def test_generated_float32_reduction_loop_loads_and_stores_packed():
+    """The chain's value and gradient of sum(y) is one blocked reduction loop. Its loads and
+    stores must be vector ones: with Numba's negative-index wraparound on int64 indices
+    they stayed scalar (and hit 4K aliasing, 10-20x slower); the loop indexes with uint64."""
+    from graphc.pipeline import optimize
+    g = Graph("chain_sum")
+    x = g.add_input(TensorType(("N",), "float32"), "x")
+    a = g.add("mul", [g.add("sigmoid", [x]), g.add("tanh", [x])])
+    b = g.add("mul", [g.constant(0.5, "float32"), g.add("relu", [x])])
+    y = g.add("sub", [g.add("add", [a, b]), g.add("softplus", [x])])
+    g.set_outputs([g.add("reduce_sum", [y], {"axes": None, "keepdims": False}), y])
+    exe = compile_graph(optimize(g)[0])
+    (k,) = exe.schedule.kernels
+    assert k.kind == "reduce_loop"
+    x = np.linspace(-30, 30, 3001, dtype=np.float32)
+    total, y = exe.run([x])
+    np.testing.assert_allclose(y, _chain_np(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(total, _chain_np(x.astype(np.float64)).sum(), rtol=1e-5)
+    kernel = getattr(exe.module, k.name)
+    fresh = njit(error_model="numpy", boundscheck=False,
+                 fastmath=set(fastmath.LOOP_FLAGS) | {"reassoc"})(kernel.py_func)
+    fresh(x, *[np.empty(exe.graph.type_of(o).concrete(x.size), np.float32) for o in k.outputs])
+    ir = "\n".join(fresh.inspect_llvm().values())
+    assert re.search(r"load <\d+ x float>", ir), "the reduction loop's loads stayed scalar"
+    assert re.search(r"store <\d+ x float>", ir), "the reduction loop's stores stayed scalar"
 
 
 def test_float64_keeps_libm():

@@ -165,6 +165,37 @@ def test_reduce_loop_kinds_and_keepdims_compile():
     assert_close(exe.run(inputs), interpret(g, inputs))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_blocked_whole_tensor_sums_match_the_interpreter_at_block_edges(dtype):
+    """Whole-tensor sums run in blocks of SUM_BLOCK (unsigned inner index, float32 FMA):
+    lengths around the block size, a rank-2 loop whose rows span two blocks, and the
+    elementwise values stored next to the sums all agree with the interpreter."""
+    from graphc.codegen.fused import SUM_BLOCK
+    g = Graph(f"blocked_{dtype}")
+    x = g.add_input(TensorType(("N",), dtype), "x")
+    m = g.add_input(TensorType((2, SUM_BLOCK + 476), dtype), "m")
+    e = g.add("add", [g.add("mul", [g.add("tanh", [x]), x]), g.add("sigmoid", [x])])
+    f = g.add("mul", [g.add("softplus", [m]), m])
+    g.set_outputs([g.add("reduce_sum", [e], {"axes": None, "keepdims": False}), e,
+                   g.add("reduce_mean", [f], {"axes": None, "keepdims": False}), f])
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    assert [k.kind for k in exe.schedule.kernels] == ["reduce_loop", "reduce_loop"]
+    assert exe.source.count("np.uint64(") == 4   # both loops took the blocked path
+    rng = np.random.default_rng(5)
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    for n in (1, SUM_BLOCK - 1, SUM_BLOCK, SUM_BLOCK + 1, 3 * SUM_BLOCK + 7):
+        inputs = {"x": rng.normal(size=n).astype(dtype),
+                  "m": rng.normal(size=(2, SUM_BLOCK + 476)).astype(dtype)}
+        got, want = exe.run(inputs), interpret(g, inputs)
+        for k in (1, 3):   # the stored elementwise values
+            np.testing.assert_allclose(got[k], want[k], **tol)
+        for k in (0, 2):   # the sums: rounding grows with the number of terms
+            scale = np.abs(want[k + 1]).sum(dtype=np.float64) / want[k + 1].size ** (k == 2)
+            np.testing.assert_allclose(got[k], want[k], rtol=tol["rtol"], atol=tol["rtol"] * scale)
+            assert got[k].dtype == np.dtype(dtype)
+
+
 def test_float32_matmul_epilogue():
     g = Graph("epilogue32")
     x = g.add_input(TensorType(("N", 3), "float32"), "x")
