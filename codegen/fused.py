@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from graphc.ir import get_op
 
-from . import fastmath
+from . import blas, fastmath
 from .cpu import JIT_FLAGS, TemplateContext, _index, literal, var
 from .schedule import LOOP_KINDS, Kernel
 
@@ -45,8 +45,8 @@ def _head(em, k):
     attrs = dict(g.nx.nodes[h]["attrs"])
     lines = [em.comment(h)]
     if g.op_of(h) == "matmul":
-        lines.append(f"    np.dot({var(args[0])}{'.T' if attrs['ta'] else ''}, "
-                     f"{var(args[1])}{'.T' if attrs['tb'] else ''}, {var(tmp)})")
+        lines.append("    " + blas.call(var(args[0]), var(args[1]), var(tmp), attrs["ta"],
+                                          attrs["tb"]))
     else:
         ctx = TemplateContext([var(a) for a in args], var(tmp), [g.type_of(a) for a in args],
                               t, attrs, em.shape_expr)
