@@ -15,7 +15,7 @@ from __future__ import annotations
 from graphc.ir import get_op
 
 from . import blas, fastmath
-from .cpu import JIT_FLAGS, TemplateContext, _index, literal, var
+from .cpu import JIT_FLAGS, KERNEL_FLAGS, TemplateContext, _index, literal, var
 from .schedule import LOOP_KINDS, Kernel
 
 SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reduction
@@ -168,5 +168,28 @@ def emit_reduce_loop(em, k) -> list[str]:
     return lines
 
 
-FUSED_EMITTERS = {"matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
+def emit_matmul_update(em, k) -> list[str]:
+    """``W - s * (A @ B)`` as one gemm accumulating into W's array (alpha=-s, beta=1);
+    when the schedule gives the result its own buffer, W is copied into it first."""
+    g = em.g
+    (u,) = k.outputs
+    w, m = g.args_of(u)
+    x, y = g.args_of(m)
+    s, mm = (x, y) if g.op_of(y) == "matmul" else (y, x)
+    a, b = g.args_of(mm)
+    attrs = dict(g.nx.nodes[mm]["attrs"])
+    dtype = g.type_of(u).dtype
+    if g.op_of(s) == "constant":
+        scale = literal(-float(dict(g.nx.nodes[s]["attrs"])["value"]), dtype)
+    else:
+        scale = f"-{var(s)}[()]"
+    lines = [f"@njit({KERNEL_FLAGS})", em.signature(k)] + [em.comment(n) for n in k.nodes]
+    if em.s.inplace.get(u) != w:
+        lines.append(f"    {var(u)}[:] = {var(w)}")
+    lines.append("    " + blas.call(var(a), var(b), var(u), attrs["ta"], attrs["tb"],
+                                    scale, literal(1.0, dtype)))
+    return lines
+
+
+FUSED_EMITTERS = {"matmul_update": emit_matmul_update, "matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
                   "reduce_loop": emit_reduce_loop}
