@@ -191,5 +191,45 @@ def emit_matmul_update(em, k) -> list[str]:
     return lines
 
 
-FUSED_EMITTERS = {"matmul_update": emit_matmul_update, "matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
+def emit_softmax_ce(em, k) -> list[str]:
+    """Softmax cross-entropy forward and backward in one pass over each row of logits: the
+    mean loss (if in the group), the gradient (softmax - one_hot) * g / n, and its column
+    sums (if in the group), with the same arithmetic as the ops' own kernels."""
+    g = em.g
+    by_op = {g.op_of(n): n for n in k.nodes}
+    grad = by_op["softmax_cross_entropy_grad"]
+    loss, col = by_op.get("softmax_cross_entropy"), by_op.get("reduce_sum")
+    x, y, gr = (var(a) for a in g.args_of(grad))
+    out = var(grad)
+    zero = literal(0.0, g.type_of(grad).dtype)
+    lines = [f"@njit({KERNEL_FLAGS})", em.signature(k)] + [em.comment(n) for n in k.nodes]
+    lines.append(f"    scale = {gr}[()] / {x}.shape[0]")
+    if loss is not None:
+        lines.append(f"    total = {zero}")
+    if col is not None:
+        lines.append(f"    {var(col)}[:] = {zero}")
+    lines += [f"    for i in range({x}.shape[0]):",
+              f"        m = {x}[i, 0]",
+              f"        for j in range(1, {x}.shape[1]):",
+              f"            m = max(m, {x}[i, j])",
+              f"        s = {zero}",
+              f"        for j in range({x}.shape[1]):",
+              f"            e = math.exp({x}[i, j] - m)",
+              f"            {out}[i, j] = e",
+              f"            s += e"]
+    if loss is not None:
+        lines.append(f"        total += m + math.log(s) - {x}[i, {y}[i]]")
+    lines += [f"        inv = scale / s",
+              f"        for j in range({x}.shape[1]):",
+              f"            {out}[i, j] *= inv",
+              f"        {out}[i, {y}[i]] -= scale"]
+    if col is not None:
+        lines += [f"        for j in range({x}.shape[1]):",
+                  f"            {var(col)}[j] = {var(col)}[j] + {out}[i, j]"]
+    if loss is not None:
+        lines.append(f"    {var(loss)}[()] = total / {x}.shape[0]")
+    return lines
+
+
+FUSED_EMITTERS = {"softmax_ce": emit_softmax_ce, "matmul_update": emit_matmul_update, "matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
                   "reduce_loop": emit_reduce_loop}

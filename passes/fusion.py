@@ -16,7 +16,9 @@ Groups are formed in TVM's order of op patterns (``FusionKind``):
    its consumers the same way (``template_epilogue``), also in front of a reduction
    (``reduce_loop`` with a head: softmax - one_hot, scaled, and its column sums).
    Groups holding in-place (aliased) updates are left as plain loops, except
-0. ``matmul_update``: ``W - s * (A @ B)`` with W updated in place (plain SGD on a
+0. ``softmax_ce``: softmax cross-entropy loss, its gradient and that gradient's column
+   sums, one pass over the logits.
+   ``matmul_update``: ``W - s * (A @ B)`` with W updated in place (plain SGD on a
    matmul gradient) is one BLAS gemm accumulating into W (alpha=-s, beta=1).
 4. Constants are copied into every loop group that reads them, so they become literals.
 
@@ -136,6 +138,22 @@ def fusion(graph):
             G.members[gid] |= set(parts)
             for m in parts:
                 G.of[m] = gid
+
+    # 0b. softmax cross-entropy: the loss, its gradient and the gradient's column sums (the
+    #     last layer's bias gradient) in one pass over the logits
+    for n in order:
+        if g.op_of(n) == "softmax_cross_entropy_grad" and n not in G.of:
+            gid = G.new(n, "softmax_ce")
+            z, y, _ = g.args_of(n)
+            for u in g.users(z):
+                if g.op_of(u) == "softmax_cross_entropy" and g.args_of(u) == (z, y):
+                    G.try_merge(u, gid)
+                    break
+            for u in g.users(n):
+                if (g.op_of(u) == "reduce_sum" and u not in G.of
+                        and dict(g.nx.nodes[u]["attrs"]) == {"axes": (0,), "keepdims": False}):
+                    G.try_merge(u, gid)
+                    break
 
     # 1. elementwise chains of one iteration shape, producer into consumer
     for n in order:
@@ -264,7 +282,7 @@ def _iter_shape(g, nodes):
     return max(shapes, key=len) if shapes else None
 
 
-ROW_HEADS = {"softmax", "log_softmax"}
+ROW_HEADS = {"softmax", "log_softmax", "softmax_cross_entropy_grad"}
 
 
 def _can_head(g, n):
