@@ -100,6 +100,40 @@ def _dims(a, b, c, ta, tb):
     return m, k, n
 
 
+# A product with at most this many output rows and no transposed B (a 10-class layer's
+# weight gradient dZ^T @ H) runs as vectorised row updates c[i, :] += s * b[p, :] with b
+# read once: 0.157 ms against OpenBLAS's 0.231 ms at (10 x 1024) @ (1024 x 256) here. A
+# short inner size alone (dZ @ W3) stays with BLAS, which keeps c in registers (0.10 ms
+# against 0.18 ms for the row updates).
+SKINNY = 16
+
+
+def _skinny_loops(cast):
+    @njit(inline="always")
+    def rows(a, b, c, ta, alpha, beta, m, k, n):
+        """c = alpha * op(a) @ b + beta * c for few rows m: c stays in cache."""
+        al, be = cast(alpha), cast(beta)
+        for i in range(m):
+            crow = c[i]
+            if be == 0:          # explicit loops: nothing allocated
+                for j in range(n):
+                    crow[j] = 0
+            elif be != 1:
+                for j in range(n):
+                    crow[j] *= be
+        for p in range(k):
+            brow = b[p]
+            for i in range(m):
+                s = al * (a[p, i] if ta else a[i, p])
+                crow = c[i]
+                for j in range(n):
+                    crow[j] += s * brow[j]
+    return rows
+
+
+_ROWS = {types.float32: _skinny_loops(np.float32), types.float64: _skinny_loops(np.float64)}
+
+
 @overload(gemm)
 def _ol_gemm(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
     arrays = (a, b, c)
@@ -109,9 +143,14 @@ def _ol_gemm(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
                                                                  types.float64):
         raise TypingError("gemm: a, b and c must all be float32 or all float64")
     if all(x.layout == "C" for x in arrays):
+        rows = _ROWS[c.dtype]
+
         def impl(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
             m, k, n = _dims(a, b, c, ta, tb)
             if m == 0 or n == 0:
+                return
+            if not tb and m <= SKINNY:
+                rows(a, b, c, ta, alpha, beta, m, k, n)
                 return
             if k == 0:        # BLAS wants lda >= 1; the product is zero
                 if beta == 0:

@@ -18,7 +18,9 @@ def _gemm_strided(a, b, c):
     gemm(a[:, ::2], b, c, True, False, 2.0, 1.0)   # a non-contiguous view: copied
 
 
-SHAPES = [(3, 4, 5), (1, 7, 2), (5, 1, 3), (1, 1, 1), (6, 5, 1), (4, 0, 3), (17, 33, 9)]
+# small/skinny shapes take the row-update loops, the others BLAS (SKINNY = 16)
+SHAPES = [(3, 4, 5), (1, 7, 2), (5, 1, 3), (1, 1, 1), (6, 5, 1), (4, 0, 3), (17, 33, 9),
+          (40, 3, 50), (5, 60, 40), (40, 40, 40), (0, 3, 4)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
