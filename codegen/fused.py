@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from graphc.ir import get_op
 
-from . import fastmath
-from .cpu import JIT_FLAGS, TemplateContext, _index, literal, var
+from . import blas, fastmath
+from .cpu import JIT_FLAGS, KERNEL_FLAGS, TemplateContext, _index, literal, var
 from .schedule import LOOP_KINDS, Kernel
 
 SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reduction
@@ -45,8 +45,8 @@ def _head(em, k):
     attrs = dict(g.nx.nodes[h]["attrs"])
     lines = [em.comment(h)]
     if g.op_of(h) == "matmul":
-        lines.append(f"    np.dot({var(args[0])}{'.T' if attrs['ta'] else ''}, "
-                     f"{var(args[1])}{'.T' if attrs['tb'] else ''}, {var(tmp)})")
+        lines.append("    " + blas.call(var(args[0]), var(args[1]), var(tmp), attrs["ta"],
+                                          attrs["tb"]))
     else:
         ctx = TemplateContext([var(a) for a in args], var(tmp), [g.type_of(a) for a in args],
                               t, attrs, em.shape_expr)
@@ -180,5 +180,68 @@ def emit_reduce_loop(em, k) -> list[str]:
     return lines
 
 
-FUSED_EMITTERS = {"matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
+def emit_matmul_update(em, k) -> list[str]:
+    """``W - s * (A @ B)`` as one gemm accumulating into W's array (alpha=-s, beta=1);
+    when the schedule gives the result its own buffer, W is copied into it first."""
+    g = em.g
+    (u,) = k.outputs
+    w, m = g.args_of(u)
+    x, y = g.args_of(m)
+    s, mm = (x, y) if g.op_of(y) == "matmul" else (y, x)
+    a, b = g.args_of(mm)
+    attrs = dict(g.nx.nodes[mm]["attrs"])
+    dtype = g.type_of(u).dtype
+    if g.op_of(s) == "constant":
+        scale = literal(-float(dict(g.nx.nodes[s]["attrs"])["value"]), dtype)
+    else:
+        scale = f"-{var(s)}[()]"
+    lines = [f"@njit({KERNEL_FLAGS})", em.signature(k)] + [em.comment(n) for n in k.nodes]
+    if em.s.inplace.get(u) != w:
+        lines.append(f"    {var(u)}[:] = {var(w)}")
+    lines.append("    " + blas.call(var(a), var(b), var(u), attrs["ta"], attrs["tb"],
+                                    scale, literal(1.0, dtype)))
+    return lines
+
+
+def emit_softmax_ce(em, k) -> list[str]:
+    """Softmax cross-entropy forward and backward in one pass over each row of logits: the
+    mean loss (if in the group), the gradient (softmax - one_hot) * g / n, and its column
+    sums (if in the group), with the same arithmetic as the ops' own kernels."""
+    g = em.g
+    by_op = {g.op_of(n): n for n in k.nodes}
+    grad = by_op["softmax_cross_entropy_grad"]
+    loss, col = by_op.get("softmax_cross_entropy"), by_op.get("reduce_sum")
+    x, y, gr = (var(a) for a in g.args_of(grad))
+    out = var(grad)
+    zero = literal(0.0, g.type_of(grad).dtype)
+    lines = [f"@njit({KERNEL_FLAGS})", em.signature(k)] + [em.comment(n) for n in k.nodes]
+    lines.append(f"    scale = {gr}[()] / {x}.shape[0]")
+    if loss is not None:
+        lines.append(f"    total = {zero}")
+    if col is not None:
+        lines.append(f"    {var(col)}[:] = {zero}")
+    lines += [f"    for i in range({x}.shape[0]):",
+              f"        m = {x}[i, 0]",
+              f"        for j in range(1, {x}.shape[1]):",
+              f"            m = max(m, {x}[i, j])",
+              f"        s = {zero}",
+              f"        for j in range({x}.shape[1]):",
+              f"            e = math.exp({x}[i, j] - m)",
+              f"            {out}[i, j] = e",
+              f"            s += e"]
+    if loss is not None:
+        lines.append(f"        total += m + math.log(s) - {x}[i, {y}[i]]")
+    lines += [f"        inv = scale / s",
+              f"        for j in range({x}.shape[1]):",
+              f"            {out}[i, j] *= inv",
+              f"        {out}[i, {y}[i]] -= scale"]
+    if col is not None:
+        lines += [f"        for j in range({x}.shape[1]):",
+                  f"            {var(col)}[j] = {var(col)}[j] + {out}[i, j]"]
+    if loss is not None:
+        lines.append(f"    {var(loss)}[()] = total / {x}.shape[0]")
+    return lines
+
+
+FUSED_EMITTERS = {"softmax_ce": emit_softmax_ce, "matmul_update": emit_matmul_update, "matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
                   "reduce_loop": emit_reduce_loop}

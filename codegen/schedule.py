@@ -130,7 +130,9 @@ def build_schedule(graph) -> Schedule:
         if value == target:
             continue
         k = kernels[position[value]] if value in position else None
-        ok = (k is not None and k.kind == "loop" and value not in sched.views
+        # a loop reads each element before writing it; an accumulating gemm reads only
+        # its (other) operands: both may write into the target's own array
+        ok = (k is not None and k.kind in ("loop", "matmul_update") and value not in sched.views
               and graph.type_of(value) == graph.type_of(target)
               and all(r <= k.index for r in readers.get(target, ()))
               and sum(1 for v in alias_value if v == value) == 1)

@@ -15,7 +15,11 @@ Groups are formed in TVM's order of op patterns (``FusionKind``):
    one loop applies the epilogue in place. A row-wise ``softmax``/``log_softmax`` heads
    its consumers the same way (``template_epilogue``), also in front of a reduction
    (``reduce_loop`` with a head: softmax - one_hot, scaled, and its column sums).
-   Groups holding in-place (aliased) updates are left as plain loops.
+   Groups holding in-place (aliased) updates are left as plain loops, except
+0. ``softmax_ce``: softmax cross-entropy loss, its gradient and that gradient's column
+   sums, one pass over the logits.
+   ``matmul_update``: ``W - s * (A @ B)`` with W updated in place (plain SGD on a
+   matmul gradient) is one BLAS gemm accumulating into W (alpha=-s, beta=1).
 4. Constants are copied into every loop group that reads them, so they become literals.
 
 Every merge keeps the group graph acyclic (a group is convex: no path leaves it and
@@ -125,9 +129,37 @@ def fusion(graph):
     order = g.topo_order()
     aliased = _aliased_values(g)
 
+    # 0. an SGD-style update of a parameter by a matmul gradient, W - s * (A @ B), is one
+    #    BLAS call accumulating into W (alpha=-s, beta=1): no gradient buffer, no pass
+    for u in order:
+        parts = _matmul_update(g, u, aliased)
+        if parts is not None:
+            gid = G.new(u, "matmul_update")
+            G.members[gid] |= set(parts)
+            for m in parts:
+                G.of[m] = gid
+
+    # 0b. softmax cross-entropy: the loss, its gradient and the gradient's column sums (the
+    #     last layer's bias gradient) in one pass over the logits
+    for n in order:
+        if g.op_of(n) == "softmax_cross_entropy_grad" and n not in G.of:
+            gid = G.new(n, "softmax_ce")
+            z, y, _ = g.args_of(n)
+            for u in g.users(z):
+                if g.op_of(u) == "softmax_cross_entropy" and g.args_of(u) == (z, y):
+                    G.try_merge(u, gid)
+                    break
+            for u in g.users(n):
+                if (g.op_of(u) == "reduce_sum" and u not in G.of
+                        and dict(g.nx.nodes[u]["attrs"]) == {"axes": (0,), "keepdims": False}):
+                    G.try_merge(u, gid)
+                    break
+
     # 1. elementwise chains of one iteration shape, producer into consumer
     for n in order:
         if not _is_loop(g, n) or g.op_of(n) == "constant":
+            continue
+        if n in G.of and G.kind[G.of[n]] != "loop":
             continue
         shape = g.type_of(n).shape
         for a in g.args_of(n):
@@ -224,13 +256,33 @@ def fusion(graph):
     return g
 
 
+def _matmul_update(g, u, aliased):
+    """``(mul, matmul)`` if ``u`` is an aliased ``sub(W, mul(s, A @ B))`` (s rank-0, the
+    product and the scaled product used only there, W not an operand of the product),
+    else None. Such a node updates W in place by one accumulating gemm."""
+    if u not in aliased or g.op_of(u) != "sub":
+        return None
+    w, m = g.args_of(u)
+    if g.op_of(m) != "mul" or g.users(m) != [u] or m in g.outputs:
+        return None
+    x, y = g.args_of(m)
+    s, mm = (x, y) if g.op_of(y) == "matmul" else (y, x)
+    if g.op_of(mm) != "matmul" or g.users(mm) != [m] or mm in g.outputs:
+        return None
+    if g.type_of(s).rank != 0 or g.op_of(s) not in ("input", "constant"):
+        return None
+    if w in g.args_of(mm) or not (g.type_of(w) == g.type_of(mm) == g.type_of(u)):
+        return None
+    return m, mm
+
+
 def _iter_shape(g, nodes):
     """The iteration shape of a loop group: the largest shape among its loop nodes."""
     shapes = [g.type_of(n).shape for n in nodes if _is_loop(g, n)]
     return max(shapes, key=len) if shapes else None
 
 
-ROW_HEADS = {"softmax", "log_softmax"}
+ROW_HEADS = {"softmax", "log_softmax", "softmax_cross_entropy_grad"}
 
 
 def _can_head(g, n):

@@ -98,7 +98,7 @@ def test_fusion_at_least_halves_the_training_step_kernels(trained):
     fused, unfused = models[True].kernel_count("train"), models[False].kernel_count("train")
     assert 2 * fused <= unfused, (name, fused, unfused)
     src = models[True].source
-    assert "np.dot" in src and "prange" not in src and "parallel" not in src
+    assert "gemm(" in src and "prange" not in src and "parallel" not in src
 
 
 def test_mlp_kernels_use_every_fused_kind(trained):
@@ -238,3 +238,33 @@ def test_softmax_heads_its_elementwise_consumers():
     exe = compile_graph(h)
     assert [k.kind for k in exe.schedule.kernels] == ["template_epilogue"]
     assert_close(exe.run(inputs), interpret(g, inputs))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("const_lr", [False, True])
+def test_matmul_update_matches_the_interpreter(dtype, const_lr):
+    """W - lr * (A^T @ B), updated in place, is one accumulating gemm (also with the
+    learning rate a constant); values as the interpreter's."""
+    g = Graph("upd")
+    w = g.add_input(TensorType((3, 5), dtype), "w", role="param")
+    a = g.add_input(TensorType(("N", 3), dtype), "a")
+    b = g.add_input(TensorType(("N", 5), dtype), "b")
+    lr = g.constant(0.25, dtype) if const_lr else g.add_input(TensorType((), dtype), "lr",
+                                                                   role="hyper")
+    mm = g.add("matmul", [a, b], {"ta": True, "tb": False})
+    g.set_outputs([g.add("sub", [w, g.add("mul", [lr, mm])])])
+    g.aliases = {0: 0}
+    rng = np.random.default_rng(0)
+    vals = {"w": rng.standard_normal((3, 5)).astype(dtype),
+            "a": rng.standard_normal((4, 3)).astype(dtype),
+            "b": rng.standard_normal((4, 5)).astype(dtype)}
+    if not const_lr:
+        vals["lr"] = np.array(0.25, dtype)
+    want = interpret(g, vals)[0]
+    fused, _ = optimize(g.copy(), fuse=True)
+    exe = compile_graph(fused)
+    assert [k.kind for k in exe.schedule.kernels] == ["matmul_update"]
+    arrays = [vals[n] for n in exe.input_names]
+    exe.run(arrays, copy=False)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(arrays[0], want, rtol=tol, atol=tol)   # updated in place

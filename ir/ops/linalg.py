@@ -51,9 +51,9 @@ def _vjp(g, node, grad):
 
 
 def _kernel(ctx):
-    a = ctx.args[0] + (".T" if ctx.attrs["ta"] else "")
-    b = ctx.args[1] + (".T" if ctx.attrs["tb"] else "")
-    ctx.emit(f"np.dot({a}, {b}, {ctx.out})")
+    # BLAS gemm with the transposes as flags (graphc.codegen.blas), never a copy
+    a, b = ctx.args
+    ctx.emit(f"gemm({a}, {b}, {ctx.out}, {ctx.attrs['ta']}, {ctx.attrs['tb']}, 1.0, 0.0)")
 
 
 def _cuda_kernel(ctx):

@@ -208,11 +208,62 @@ def _class_grad_scale(g, node, grad):
 
 
 def _softmax_ce_vjp(g, node, grad):
+    # one op (one pass over the logits, no one-hot or softmax buffers), see below
     x, y = node.args
-    classes = g.type_of(x).shape[1]
-    onehot = g.add("one_hot", [y], {"num_classes": classes, "dtype": node.dtype})
-    diff = g.add("sub", [g.add("softmax", [x]), onehot])
-    return [g.add("mul", [diff, _class_grad_scale(g, node, grad)]), None]
+    return [g.add("softmax_cross_entropy_grad", [x, y, grad]), None]
+
+
+def _softmax_ce_grad_infer(types, attrs):
+    x, y, gr = types
+    _class_loss_infer("softmax_cross_entropy_grad")([x, y], attrs)
+    if gr.rank != 0 or gr.dtype != x.dtype:
+        raise ShapeError(f"softmax_cross_entropy_grad needs a rank-0 {x.dtype} incoming "
+                         f"gradient, got {gr}")
+    return x
+
+
+def _np_softmax_ce_grad(xs, a, shape):
+    x, y, gr = xs
+    p = np.exp(_np_log_softmax(x))
+    p[np.arange(len(y)), y] -= 1
+    return (p * (gr / len(y))).astype(x.dtype)
+
+
+def _softmax_ce_grad_kernel(ctx):
+    """d/dx of the mean softmax cross-entropy times g: (softmax(x) - one_hot(y)) * g / n,
+    row by row (max, exps into the output, scale): the logits are read once."""
+    x, y, gr, out = ctx.args[0], ctx.args[1], ctx.args[2], ctx.out
+    ctx.emit(f"scale = {gr}[()] / {x}.shape[0]")
+    ctx.emit(f"for i in range({x}.shape[0]):")
+    ctx.emit(f"    m = {x}[i, 0]")
+    ctx.emit(f"    for j in range(1, {x}.shape[1]):")
+    ctx.emit(f"        m = max(m, {x}[i, j])")
+    ctx.emit(f"    s = {ctx.lit(0.0)}")
+    ctx.emit(f"    for j in range({x}.shape[1]):")
+    ctx.emit(f"        e = math.exp({x}[i, j] - m)")
+    ctx.emit(f"        {out}[i, j] = e")
+    ctx.emit(f"        s += e")
+    ctx.emit(f"    inv = scale / s")
+    ctx.emit(f"    for j in range({x}.shape[1]):")
+    ctx.emit(f"        {out}[i, j] *= inv")
+    ctx.emit(f"    {out}[i, {y}[i]] -= scale")
+
+
+def _softmax_ce_grad_cuda(ctx):
+    """One thread per row (rows are short: the classes)."""
+    x, y, gr, out = ctx.args[0], ctx.args[1], ctx.args[2], ctx.out
+    _cuda.grid_stride(ctx, f"{x}.shape[0]", "i")
+    ctx.emit(f"    scale = {gr}[0] / {x}.shape[0]")
+    ctx.emit(f"    m = {x}[i, 0]")
+    ctx.emit(f"    for j in range(1, {x}.shape[1]):")
+    ctx.emit(f"        m = {_cuda.maximum('m', f'{x}[i, j]')}")
+    ctx.emit(f"    s = {ctx.lit(0.0)}")
+    ctx.emit(f"    for j in range({x}.shape[1]):")
+    ctx.emit(f"        s += math.exp({x}[i, j] - m)")
+    ctx.emit(f"    inv = scale / s")
+    ctx.emit(f"    for j in range({x}.shape[1]):")
+    ctx.emit(f"        {out}[i, j] = math.exp({x}[i, j] - m) * inv - "
+             f"(scale if {y}[i] == j else {ctx.lit(0.0)})")
 
 
 def _nll_kernel(ctx):
@@ -239,6 +290,16 @@ register(OpDef(
     cuda_kernel=_single_block_loss(_softmax_ce_rows, lambda x: f"{x}.shape[0]"),
     vjp=_softmax_ce_vjp, samples=_CE_SAMPLES,
     doc="mean over the batch of -log softmax(x)[i, y[i]] (torch.nn.functional.cross_entropy)."))
+
+register(OpDef(
+    name="softmax_cross_entropy_grad", infer=_softmax_ce_grad_infer,
+    kind=FusionKind.REDUCTION, arity=3, impl=_np_softmax_ce_grad,
+    kernel=_softmax_ce_grad_kernel, cuda_kernel=_softmax_ce_grad_cuda, differentiable=False,
+    samples=(Sample(shapes=((5, 4), (5,), ()), domains=("real", "labels:4", "real"),
+                    batch_dims=(0, 0, None)),
+             Sample(shapes=((1, 3), (1,), ()), domains=("real", "labels:3", "real"))),
+    doc="gradient of softmax_cross_entropy(x, y) w.r.t. x, times the rank-0 g: "
+        "(softmax(x) - one_hot(y)) * g / batch, in one pass over each row."))
 
 register(OpDef(
     name="nll_loss", infer=_class_loss_infer("nll_loss"), kind=FusionKind.REDUCTION, arity=2,

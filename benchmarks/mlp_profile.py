@@ -1,0 +1,100 @@
+"""Per-kernel times of graphc's compiled MLP training step (the bench.py model).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mlp_profile.py \
+        [--batch 1024] [--blas-threads N] [--reps 20] [--unfused]
+
+Each kernel of the generated module is called on its own, on the executable's own
+buffers (arguments as the driver passes them), and timed; the table shows each kernel's
+best median over three rounds, its share, and GFLOP/s for the matmul kernels, then the
+whole native step (``run``) and ``train_step`` (with the Python around it). The kernels
+are run in driver order, so each sees the data its predecessors left.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+
+def _median(fn, reps):
+    for _ in range(2):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _flops(src, name, arrays):
+    """2*m*n*k of the kernel's gemm call (from its source line), or None."""
+    body = src.split(f"def {name}(", 1)[1].split("\n@njit", 1)[0]
+    hit = re.search(r"gemm\((v\d+), (v\d+), (v\d+), (True|False), (True|False)", body)
+    if not hit:
+        return None
+    a, ta = arrays[hit.group(1)], hit.group(4) == "True"
+    c = arrays[hit.group(3)]
+    return 2 * c.size * (a.shape[0] if ta else a.shape[1])
+
+
+def profile(batch=1024, reps=20, fuse=True):
+    """[(kernel name, seconds, flops or None)], seconds of run(), seconds of train_step."""
+    step = bench.graphc_mlp(fuse)
+    model = step.model
+    x, y = bench.mlp_data(batch)
+    model.train_step(x, y)
+    exe = model._exe("train")
+    arrays, _ = exe.prepare(model._inputs("train", x, y), model._arg_plans["train"][3])
+    bufs = exe.buffers_for(batch)
+    src, mod = exe.source, exe.module
+    params = re.search(r"def run\((.*?)\):", src).group(1).split(", ")
+    env = dict(zip(params, list(arrays) + list(bufs)))
+    for alias, target in re.findall(r"^    (v\d+) = (v\d+)  # updated in place", src, re.M):
+        env[alias] = env[target]
+    calls = [(name, getattr(mod, name), [env[a] for a in args.split(", ")])
+             for name, args in re.findall(r"^    (k\d+_\w+)\((.*?)\)$", src, re.M)]
+    best = {}
+    for _ in range(3):
+        for name, fn, args in calls:
+            t = _median(lambda: fn(*args), reps)
+            best[name] = min(best.get(name, t), t)
+    rows = [(name, best[name], _flops(src, name, env)) for name, _, _ in calls]
+    t_run = _median(lambda: mod.run(*arrays, *bufs), reps)
+    t_step = _median(lambda: model.train_step(x, y), reps)
+    return rows, t_run, t_step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--blas-threads", type=int, default=None)
+    ap.add_argument("--unfused", action="store_true")
+    args = ap.parse_args(argv)
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+        bench._load_numba_blas()
+        threadpool_limits(args.blas_threads, user_api="blas")
+    print(f"BLAS:\n  {bench.blas_info()}")
+    rows, t_run, t_step = profile(args.batch, args.reps, not args.unfused)
+    total = sum(t for _, t, _ in rows)
+    print(f"MLP {bench.SIZES} batch {args.batch}, {'unfused' if args.unfused else 'fused'}")
+    print(f"{'kernel':62} {'ms':>8} {'share':>6} {'GFLOP/s':>8}")
+    for name, t, fl in rows:
+        rate = f"{fl / t / 1e9:8.1f}" if fl else ""
+        print(f"{name[:62]:62} {t * 1e3:8.3f} {t / total:6.1%} {rate}")
+    print(f"{'sum of kernels':62} {total * 1e3:8.3f}")
+    print(f"{'run() (one native call)':62} {t_run * 1e3:8.3f}")
+    print(f"{'train_step (with Python checks)':62} {t_step * 1e3:8.3f}  "
+          f"({bench.mlp_flops(args.batch) / t_step / 1e9:.1f} GFLOP/s)")
+
+
+if __name__ == "__main__":
+    main()
