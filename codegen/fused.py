@@ -15,7 +15,8 @@ from __future__ import annotations
 from graphc.ir import get_op
 
 from . import fastmath
-from .cpu import JIT_FLAGS, TemplateContext, _index, literal, var
+from .cpu import (JIT_FLAGS, TemplateContext, _index, _run_kind, literal, run_ref,
+                  run_views, var)
 from .schedule import LOOP_KINDS, Kernel
 
 SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reduction
@@ -219,16 +220,9 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
     in_reg = [r for r in suffix if set(range(s, rank)) <= set(_axes(g, r, rank))]
     arrays = [v for v in reads + stored if g.type_of(v).shape]
 
-    def run_kind(v):   # "full" or "bcast" over the run s..rank-1, else None
-        shape = g.type_of(v).shape
-        lead = rank - len(shape)
-        dims = [(d, iter_shape[lead + j]) for j, d in enumerate(shape) if lead + j >= s]
-        if len(dims) == rank - s and all(d == full for d, full in dims):
-            return "full"
-        return "bcast" if all(d == 1 for d, _ in dims) else None
-
     # flat only if no reduction indexes into the run (those kept in memory would)
-    flat = rank - s > 1 and set(in_reg) == set(reds) and all(run_kind(v) for v in arrays)
+    flat = rank - s > 1 and set(in_reg) == set(reds) and all(
+        _run_kind(g.type_of(v).shape, iter_shape, s) for v in arrays)
     # the inner index is uint64: its own name, so a head's int64 loop variable (softmax
     # uses i0, j) never shares it (Numba would unify int64 and uint64 to float64)
     names = [f"i{d}" for d in range(rank - 1)] + ["iu"]
@@ -237,30 +231,17 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
         length = " * ".join(f"{var(src)}.shape[{d}]" for d in range(s, rank))
         lines.append(f"    n_run = {length}")
         for v in arrays:
-            if run_kind(v) == "full":
-                shape = g.type_of(v).shape
-                keep = [f"{var(v)}.shape[{j}]" for j in range(len(shape) - (rank - s))]
-                lines.append(f"    {var(v)}_r = {var(v)}.reshape(({', '.join(keep + ['n_run'])},))")
+            shape = g.type_of(v).shape
+            lines += ["    " + line for line in run_views(var(v), shape, iter_shape, s)]
         inner, inner_len = "iu", "n_run"
     else:
         inner, inner_len = names[-1], f"{var(src)}.shape[{rank - 1}]"
 
     def ref(v):
         shape = g.type_of(v).shape
-        if not shape:
-            return f"{var(v)}[()]"
-        lead = rank - len(shape)
-        idx = []
-        for j, d in enumerate(shape):
-            a = lead + j
-            if flat and a >= s:
-                if run_kind(v) == "full":
-                    idx.append("iu")
-                    break
-                idx.append("0")
-            else:
-                idx.append(names[a] if d == iter_shape[a] else "0")
-        return f"{var(v)}{'_r' if flat and run_kind(v) == 'full' else ''}[{', '.join(idx)}]"
+        if flat:
+            return run_ref(var(v), shape, iter_shape, names, s, "iu")
+        return f"{var(v)}[{_index(shape, iter_shape, names)}]" if shape else f"{var(v)}[()]"
 
     def out_ref(r):
         axes = _axes(g, r, rank)

@@ -282,3 +282,26 @@ def test_reductions_over_trailing_axes_match_the_interpreter(dtype):
             np.testing.assert_allclose(a, b, **tol)
         if dtype == "float64":
             np.testing.assert_array_equal(got[7], want[7])
+
+
+@pytest.mark.parametrize("dtype,bias,collapsed", [("float32", (3, 1, 1), True),
+                                                  ("float64", (7, 9), True),
+                                                  ("float32", (9,), False)])
+def test_loop_nests_run_trailing_broadcast_axes_as_one_loop(dtype, bias, collapsed):
+    """A loop nest whose operands are all whole or broadcast over its trailing axes runs
+    them as one flat loop (a conv bias + relu: (N, C, H, W) + (C, 1, 1)); a (W,) operand
+    keeps the nest. Values equal the interpreter's exactly."""
+    g = Graph(f"run_{dtype}_{len(bias)}")
+    x = g.add_input(TensorType(("N", 3, 7, 9), dtype), "x")
+    b = g.add_input(TensorType(bias, dtype), "b")
+    e = g.add("add", [x, b])
+    g.set_outputs([g.add("relu", [e]), g.add("gt", [e, g.constant(0.0, dtype)])])
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    assert [k.kind for k in exe.schedule.kernels] == ["loop"]
+    assert ("for ir in range(n_run)" in exe.source) == collapsed
+    rng = np.random.default_rng(8)
+    inputs = {"x": rng.normal(size=(5, 3, 7, 9)).astype(dtype),
+              "b": rng.normal(size=bias).astype(dtype)}
+    for a, want in zip(exe.run(inputs), interpret(g, inputs)):
+        np.testing.assert_array_equal(a, want)
