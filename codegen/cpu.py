@@ -80,6 +80,66 @@ def _index(value_shape, iter_shape, names) -> str:
     return ", ".join(idx)
 
 
+def _run_kind(shape, iter_shape, s):
+    """How a value of ``shape`` spans the loop's trailing axes ``s..``: "full" (whole,
+    so a reshaped view indexes them with one flat index), "bcast" (size 1 on each) or
+    None (mixed: the axes cannot be one loop)."""
+    rank = len(iter_shape)
+    dims = [(d, iter_shape[rank - len(shape) + j]) for j, d in enumerate(shape)
+            if rank - len(shape) + j >= s]
+    if len(dims) == rank - s and all(d == full for d, full in dims):
+        return "full"
+    return "bcast" if all(d == 1 for d, _ in dims) else None
+
+
+def run_start(shapes, iter_shape) -> int:
+    """The first loop axis from which every value in ``shapes`` is whole or broadcast,
+    so axes ``s..rank-1`` can run as one flat loop (``len(iter_shape)`` if none can).
+
+    Why: a broadcast bias (C, 1, 1) against (N, C, 8, 8) otherwise leaves an 8-element
+    innermost loop that barely vectorises (LeNet's conv2 bias + relu: 0.056 -> 0.017 ms
+    as one loop over 64).
+
+    >>> run_start([(4, 3, 8, 8), (3, 1, 1)], (4, 3, 8, 8))
+    2
+    >>> run_start([(4, 3, 8, 8), (8,)], (4, 3, 8, 8))
+    3
+    """
+    rank = len(iter_shape)
+    for s in range(rank):
+        if all(_run_kind(sh, iter_shape, s) for sh in shapes if sh):
+            return s
+    return rank
+
+
+def run_ref(name, shape, iter_shape, names, s, run):
+    """``name[...]`` for a value of ``shape`` in a loop whose axes ``s..`` are the one flat
+    loop ``run`` (a "full" value is read through its reshaped view ``name_r``)."""
+    if not shape:
+        return f"{name}[()]"
+    lead = len(iter_shape) - len(shape)
+    kind = _run_kind(shape, iter_shape, s)
+    idx = []
+    for j, d in enumerate(shape):
+        a = lead + j
+        if a < s:
+            idx.append(names[a] if d == iter_shape[a] else "0")
+        elif kind == "full":
+            idx.append(run)
+            break
+        else:
+            idx.append("0")
+    return f"{name}{'_r' if kind == 'full' else ''}[{', '.join(idx)}]"
+
+
+def run_views(name, shape, iter_shape, s, length="n_run") -> list[str]:
+    """The reshaped view ``name_r`` a "full" value is read through (nothing otherwise)."""
+    if not shape or _run_kind(shape, iter_shape, s) != "full":
+        return []
+    keep = [f"{name}.shape[{j}]" for j in range(len(shape) - (len(iter_shape) - s))]
+    return [f"{name}_r = {name}.reshape(({', '.join(keep + [length])},))"]
+
+
 class Emitter:
     """What every target's emitter shares: the graph, its schedule, where the driver reads
     the batch size ``n``, shape expressions, IR comments and kernel signatures."""
@@ -117,6 +177,7 @@ class CpuEmitter(Emitter):
         lines = [f"@njit({KERNEL_FLAGS})", self.signature(k)]
         lines += [self.comment(n) for n in k.nodes]
         body, pre = [], []
+        run = rank
         if rank == 0:
             names, depth = [], 1
         elif flat or rank == 1:
@@ -133,9 +194,21 @@ class CpuEmitter(Emitter):
         else:
             names = [f"i{d}" for d in range(rank)]
             first = var(k.outputs[0])
-            for d in range(rank):
+            # trailing axes every operand spans whole or broadcast run as one flat loop
+            shapes = {v: g.type_of(v).shape for v in list(k.inputs) + list(k.outputs)}
+            run = run_start(list(shapes.values()), iter_shape)
+            if run > rank - 2:
+                run = rank
+            else:
+                pre.append("    n_run = " + " * ".join(f"{first}.shape[{d}]"
+                                                      for d in range(run, rank)))
+                for v, shape in shapes.items():
+                    pre += ["    " + line for line in run_views(var(v), shape, iter_shape, run)]
+            for d in range(min(run, rank)):
                 pre.append("    " * (d + 1) + f"for i{d} in range({first}.shape[{d}]):")
-            depth = rank + 1
+            if run < rank:
+                pre.append("    " * (run + 1) + "for ir in range(n_run):")
+            depth = min(run + 1, rank) + 1
         ind = "    " * depth
 
         def ref(v):
@@ -144,6 +217,8 @@ class CpuEmitter(Emitter):
                 return f"{var(v)}[()]"
             if flat:
                 return f"{var(v)}_f[i]"
+            if rank > 1 and run < rank:
+                return run_ref(var(v), shape, iter_shape, names, run, "ir")
             return f"{var(v)}[{_index(shape, iter_shape, names)}]"
 
         local = {}

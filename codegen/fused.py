@@ -15,7 +15,8 @@ from __future__ import annotations
 from graphc.ir import get_op
 
 from . import blas, fastmath
-from .cpu import JIT_FLAGS, KERNEL_FLAGS, TemplateContext, _index, literal, var
+from .cpu import (JIT_FLAGS, KERNEL_FLAGS, TemplateContext, _index, _run_kind, literal,
+                  run_ref, run_views, var)
 from .schedule import LOOP_KINDS, Kernel
 
 SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reduction
@@ -103,11 +104,20 @@ def emit_reduce_loop(em, k) -> list[str]:
     # mostly that: ~20% fewer instructions); fastmath.LOOP_FLAGS keeps their error bounds.
     # float64 loops keep separate roundings, as the interpreter computes them.
     dtypes = {g.type_of(n).dtype for n in elems + reds}
+    float32 = "float32" in dtypes and "float64" not in dtypes
+    # Reductions over a trailing run of axes (a conv bias gradient: (N, C, H, W) summed
+    # over (0, 2, 3)) accumulate in registers over that run instead (see _emit_suffix).
+    suffix = [] if scalar_sums else [r for r in reds if rank - 1 in _axes(g, r, rank)]
     fm = {"reassoc"} if scalar_sums else set()
-    if "float32" in dtypes and "float64" not in dtypes:
+    if float32:
         fm |= set(fastmath.LOOP_FLAGS)
+        # as for whole-tensor sums; float64 suffix sums stay sequential (no reassoc)
+        if any(g.op_of(r) != "reduce_max" for r in suffix):
+            fm.add("reassoc")
     flags = JIT_FLAGS + (", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
     lines = [f"@njit({flags})", em.signature(k)] + head_lines
+    if suffix:
+        return lines + _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src)
     lines += [em.comment(n) for n in k.nodes if n != h]
     for r in reds:
         init = literal(REDUCERS[g.op_of(r)][1], g.type_of(r).dtype)
@@ -243,5 +253,123 @@ def emit_softmax_ce(em, k) -> list[str]:
     return lines
 
 
-FUSED_EMITTERS = {"softmax_ce": emit_softmax_ce, "matmul_update": emit_matmul_update, "matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
+def _axes(g, r, rank):
+    axes = dict(g.nx.nodes[r]["attrs"])["axes"]
+    return tuple(range(rank)) if axes is None else tuple(axes)
+
+
+def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> list[str]:
+    """The reduce loop when some reductions cover the trailing axes ``s..rank-1``.
+
+    Accumulating into the output element in the innermost loop (``v[i1] = v[i1] + t``)
+    is a dependency through memory: store, reload, add, ~5 cycles an element, never
+    vectorised (a LeNet bias gradient, (64, 6, 24, 24) over (0, 2, 3), took 0.84 ms).
+    Here each such reduction keeps a local accumulator over the trailing run and adds it
+    into the output once per outer index (0.07 ms). When every array is either whole or
+    broadcast (size 1) over the run, the run is one flat loop (``reshape``: the buffers
+    are C-contiguous, as the flat elementwise loops assume), so a 24 or 8-element inner
+    row does not leave the vector loop mostly in its scalar remainder. The inner loop
+    runs in blocks of SUM_BLOCK with a uint64 index (no wraparound checks, see the
+    blocked whole-tensor sums): each block sums in a register of the dtype (vectorised in
+    float32 loops, which get 'reassoc'), added into a float64 accumulator. float64 loops
+    keep sequential sums without 'reassoc'. Reductions over other axes (the last axis
+    kept, e.g. axis 0 of (N, F)) keep accumulating into the output element: that loop
+    vectorises across the last axis and adds rows in the interpreter's order.
+    """
+    g = em.g
+    rank = len(iter_shape)
+    s = max(next(d for d in range(rank + 1) if set(range(d, rank)) <= set(_axes(g, r, rank)))
+            for r in suffix)
+    in_reg = [r for r in suffix if set(range(s, rank)) <= set(_axes(g, r, rank))]
+    arrays = [v for v in reads + stored if g.type_of(v).shape]
+
+    # flat only if no reduction indexes into the run (those kept in memory would)
+    flat = rank - s > 1 and set(in_reg) == set(reds) and all(
+        _run_kind(g.type_of(v).shape, iter_shape, s) for v in arrays)
+    # the inner index is uint64: its own name, so a head's int64 loop variable (softmax
+    # uses i0, j) never shares it (Numba would unify int64 and uint64 to float64)
+    names = [f"i{d}" for d in range(rank - 1)] + ["iu"]
+    lines = []
+    if flat:
+        length = " * ".join(f"{var(src)}.shape[{d}]" for d in range(s, rank))
+        lines.append(f"    n_run = {length}")
+        for v in arrays:
+            shape = g.type_of(v).shape
+            lines += ["    " + line for line in run_views(var(v), shape, iter_shape, s)]
+        inner, inner_len = "iu", "n_run"
+    else:
+        inner, inner_len = names[-1], f"{var(src)}.shape[{rank - 1}]"
+
+    def ref(v):
+        shape = g.type_of(v).shape
+        if flat:
+            return run_ref(var(v), shape, iter_shape, names, s, "iu")
+        return f"{var(v)}[{_index(shape, iter_shape, names)}]" if shape else f"{var(v)}[()]"
+
+    def out_ref(r):
+        axes = _axes(g, r, rank)
+        keep = dict(g.nx.nodes[r]["attrs"])["keepdims"]
+        idx = [("0" if a in axes else names[a]) for a in range(rank) if keep or a not in axes]
+        return f"{var(r)}[{', '.join(idx) if idx else '()'}]"
+
+    for r in reds:
+        init = literal(REDUCERS[g.op_of(r)][1], g.type_of(r).dtype)
+        lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] = {init}")
+    local = {}
+    for v in reads:
+        if not g.type_of(v).shape:
+            lines.append(f"    s{v} = {var(v)}[()]")
+            local[v] = f"s{v}"
+    ind = "    "
+    for d in range(s):
+        lines.append(f"{ind}for i{d} in range({var(src)}.shape[{d}]):")
+        ind += "    "
+    sums = [r for r in in_reg if g.op_of(r) != "reduce_max"]
+    for r in in_reg:
+        lines.append(f"{ind}acc{r} = " + ("0.0" if r in sums else out_ref(r)))
+    if not flat:
+        for d in range(s, rank - 1):
+            lines.append(f"{ind}for i{d} in range({var(src)}.shape[{d}]):")
+            ind += "    "
+    lines.append(f"{ind}for bu in range(0, {inner_len}, {SUM_BLOCK}):")
+    for r in sums:
+        lines.append(f"{ind}    part{r} = {literal(0.0, g.type_of(r).dtype)}")
+    lines.append(f"{ind}    for {inner} in range(np.uint64(bu), np.uint64(min(bu + {SUM_BLOCK}, "
+                 f"{inner_len}))):")
+    body = ind + "        "
+    for v in reads:
+        if v not in local:
+            lines.append(f"{body}x{v} = {ref(v)}")
+            local[v] = f"x{v}"
+    for n in elems:
+        d = g.nx.nodes[n]
+        lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
+        args = [local[a] for a in d["args"]]
+        expr = get_op(d["op"]).scalar(args, dict(d["attrs"]), lit)
+        expr = fastmath.rewrite(expr, d["type"].dtype, d["op"], args)
+        lines.append(f"{body}t{n} = {expr}")
+        local[n] = f"t{n}"
+    for n in stored:
+        lines.append(f"{body}{ref(n)} = t{n}")
+    for r in reds:
+        (x,) = g.args_of(r)
+        out = f"part{r}" if r in sums else f"acc{r}" if r in in_reg else out_ref(r)
+        lines.append(f"{body}{out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
+    for r in sums:
+        lines.append(f"{ind}    acc{r} += part{r}")
+    ind = "    " * (s + 1)
+    for r in in_reg:
+        o = out_ref(r)
+        lines.append(f"{ind}{o} = " + (f"{o} + acc{r}" if r in sums else f"acc{r}"))
+    for r in reds:
+        if g.op_of(r) == "reduce_mean":
+            count = " * ".join(f"{var(src)}.shape[{a}]" for a in _axes(g, r, rank)) or "1"
+            one = literal(1.0, g.type_of(r).dtype)
+            lines.append(f"    scale{r} = {one} / ({count})")
+            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] *= scale{r}")
+    return lines
+
+
+FUSED_EMITTERS = {"softmax_ce": emit_softmax_ce, "matmul_update": emit_matmul_update,
+                  "matmul_epilogue": emit_epilogue, "template_epilogue": emit_epilogue,
                   "reduce_loop": emit_reduce_loop}

@@ -236,3 +236,21 @@ def test_bad_shapes_are_one_line_errors_naming_the_layer(net, shape, needles):
     assert "\n" not in msg
     for needle in needles:
         assert needle in msg, (needle, msg)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiled_max_pool_gradient_goes_to_the_first_maximum(dtype):
+    """The unrolled 2x2/2 gradient zeroes each window, then stores at the first maximum:
+    many ties (small integers), negative values and a ragged right/bottom edge, against
+    the interpreter (NumPy argmax), exactly."""
+    g = Graph(f"pool_ties_{dtype}")
+    x = g.add_input(TensorType(("N", 3, 7, 9), dtype), "x")
+    gy = g.add_input(TensorType(("N", 3, 3, 4), dtype), "gy")
+    g.set_outputs([g.add("max_pool2d_grad", [x, gy],
+                         {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)})])
+    exe = compile_graph(g)
+    assert "k >= 0" in exe.source
+    rng = np.random.default_rng(7)
+    inputs = {"x": rng.integers(-2, 2, size=(4, 3, 7, 9)).astype(dtype),
+              "gy": rng.normal(size=(4, 3, 3, 4)).astype(dtype)}
+    np.testing.assert_array_equal(exe.run(inputs)[0], interpret(g, inputs)[0])

