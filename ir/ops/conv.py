@@ -156,8 +156,30 @@ class _Geo:
         self.d0, self.d1 = a["dilation"]
 
 
-def _np_dtype(ctx):
-    return f"np.{ctx.out_type.dtype}"
+def _emit_im2col_rows(ctx, x, g, ind):
+    """Batched im2col of group ``grp``: c2[(b, oh, ow), (c, kh, kw)] = x_padded[b, group
+    channel c, ...] for every sample (zeros where the window reads padding)."""
+    e = lambda s: ctx.emit(ind + s)  # noqa: E731
+    zero = ctx.lit(0.0)
+    e("for b in range(nb):")
+    e(f"    for oh in range({g.OH}):")
+    e(f"        for ow in range({g.OW}):")
+    e(f"            row = (b * {g.OH} + oh) * {g.OW} + ow")
+    e(f"            for c in range({g.Cg}):")
+    e(f"                ch = grp * {g.Cg} + c")
+    e(f"                for kh in range({g.KH}):")
+    e(f"                    ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
+    e(f"                    r = (c * {g.KH} + kh) * {g.KW}")
+    e(f"                    if ih < 0 or ih >= {g.H}:")
+    e(f"                        for kw in range({g.KW}):")
+    e(f"                            c2[row, r + kw] = {zero}")
+    e(f"                    else:")
+    e(f"                        for kw in range({g.KW}):")
+    e(f"                            iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
+    e(f"                            if iw >= 0 and iw < {g.W}:")
+    e(f"                                c2[row, r + kw] = {x}[b, ch, ih, iw]")
+    e(f"                            else:")
+    e(f"                                c2[row, r + kw] = {zero}")
 
 
 def _emit_im2col(ctx, x, g, ind):
@@ -184,97 +206,117 @@ def _emit_im2col(ctx, x, g, ind):
     e(f"                            cols[r, base + ow] = {zero}")
 
 
-def _emit_group_weights(ctx, g, ind):
-    """wg: this group's (Og, K) weight rows, contiguous (w2 itself when groups == 1)."""
-    if g.G == 1:
-        ctx.emit(ind + "wg = w2")
-    else:
-        ctx.emit(ind + f"wg = np.ascontiguousarray(w2[grp * {g.Og}:(grp + 1) * {g.Og}])")
+# The forward and the input gradient are ONE GEMM per group over the whole batch, on
+# "rows" layouts (one row per output pixel (b, oh, ow), the K = C/G*KH*KW taps or the
+# O/G output channels along it): BLAS gets M = N*OH*OW, which it handles far better than
+# one small GEMM per sample (LeNet, batch 64, float32: conv1 forward 1.05 -> 0.76 ms,
+# conv2 0.80 -> 0.51 ms). A pass then moves the (N*OH*OW, O/G) result to NCHW. The
+# column matrices are scratch from the planner (OpDef.scratch): nothing is allocated.
+def _rows_scratch(in_types, attrs, out_type):
+    """(G, N, OH*OW, K) columns and (G, N, OH*OW, O/G) per-pixel channel rows."""
+    x, w = in_types
+    G, N = attrs["groups"], out_type.shape[0]
+    O, Cg, KH, KW = w.shape
+    P = out_type.shape[2] * out_type.shape[3]
+    return [TensorType((G, N, P, Cg * KH * KW), out_type.dtype),
+            TensorType((G, N, P, O // G), out_type.dtype)]
 
 
-def _emit_group_grad(ctx, g, ind):
-    """gm: sample b's output gradient rows of this group as a contiguous (Og, OHW)."""
-    if g.G == 1:
-        ctx.emit(ind + "gm = gout3[b]")
-    else:
-        ctx.emit(ind + f"gm = np.ascontiguousarray(gout3[b, grp * {g.Og}:(grp + 1) * {g.Og}])")
-
-
-# One small GEMM per sample and group: the column matrix (K, OH*OW) stays in cache.
-# Measured on LeNet shapes (batch 64, float32) this is 15-50x faster than one im2col
-# matrix over the whole batch (which spills out of cache and must be re-faulted).
 def _conv_kernel(ctx):
     x, w, out = ctx.args[0], ctx.args[1], ctx.out
+    cols, res = ctx.scratch
     g = _Geo(ctx.in_types[0].shape[1:], ctx.in_types[1].shape, ctx.out_type.shape[2:],
              ctx.attrs)
-    dt = _np_dtype(ctx)
     ctx.emit(f"nb = {x}.shape[0]")
-    ctx.emit(f"cols = np.empty(({g.K}, {g.OHW}), {dt})")
-    ctx.emit(f"res = np.empty(({g.Og}, {g.OHW}), {dt})")
-    ctx.emit(f"w2 = {w}.reshape({g.O}, {g.K})")
-    ctx.emit(f"out3 = {out}.reshape(nb, {g.O}, {g.OHW})")
+    ctx.emit(f"w3 = {w}.reshape({g.G}, {g.Og}, {g.K})")
+    ctx.emit(f"cols3 = {cols}.reshape({g.G}, nb * {g.OHW}, {g.K})")
+    ctx.emit(f"res3 = {res}.reshape({g.G}, nb * {g.OHW}, {g.Og})")
     ctx.emit(f"for grp in range({g.G}):")
-    _emit_group_weights(ctx, g, "    ")
-    ctx.emit("    for b in range(nb):")
-    _emit_im2col(ctx, x, g, "        ")
-    if g.G == 1:
-        ctx.emit("        np.dot(wg, cols, out3[b])")
-    else:
-        ctx.emit("        np.dot(wg, cols, res)")
-        ctx.emit(f"        out3[b, grp * {g.Og}:(grp + 1) * {g.Og}, :] = res")
+    ctx.emit("    c2 = cols3[grp]")
+    _emit_im2col_rows(ctx, x, g, "    ")
+    ctx.emit("    np.dot(c2, w3[grp].T, res3[grp])")
+    ctx.emit(f"out3 = {out}.reshape(nb, {g.O}, {g.OHW})")
+    ctx.emit("for b in range(nb):")
+    ctx.emit(f"    for grp in range({g.G}):")
+    ctx.emit(f"        for o in range({g.Og}):")
+    ctx.emit(f"            oc = grp * {g.Og} + o")
+    ctx.emit(f"            for p in range({g.OHW}):")
+    ctx.emit(f"                out3[b, oc, p] = {res}[grp, b, p, o]")
+
+
+def _grad_input_scratch(in_types, attrs, out_type):
+    gt, w = in_types
+    G, N = attrs["groups"], gt.shape[0]
+    O, Cg, KH, KW = w.shape
+    P = gt.shape[2] * gt.shape[3]
+    return [TensorType((G, N, P, O // G), out_type.dtype),
+            TensorType((G, N, P, Cg * KH * KW), out_type.dtype)]
 
 
 def _grad_input_kernel(ctx):
     gout, w, dx = ctx.args[0], ctx.args[1], ctx.out
+    grows, dcols = ctx.scratch
     gt, wt = ctx.in_types
     g = _Geo(ctx.out_type.shape[1:], wt.shape, gt.shape[2:], ctx.attrs)
-    dt = _np_dtype(ctx)
     ctx.emit(f"nb = {gout}.shape[0]")
-    ctx.emit(f"dcols = np.empty(({g.K}, {g.OHW}), {dt})")
-    ctx.emit(f"w2 = {w}.reshape({g.O}, {g.K})")
     ctx.emit(f"gout3 = {gout}.reshape(nb, {g.O}, {g.OHW})")
+    ctx.emit("for b in range(nb):")       # NCHW -> per-pixel rows of channels
+    ctx.emit(f"    for grp in range({g.G}):")
+    ctx.emit(f"        for p in range({g.OHW}):")
+    ctx.emit(f"            for o in range({g.Og}):")
+    ctx.emit(f"                {grows}[grp, b, p, o] = gout3[b, grp * {g.Og} + o, p]")
+    ctx.emit(f"w3 = {w}.reshape({g.G}, {g.Og}, {g.K})")
+    ctx.emit(f"grows3 = {grows}.reshape({g.G}, nb * {g.OHW}, {g.Og})")
+    ctx.emit(f"dcols3 = {dcols}.reshape({g.G}, nb * {g.OHW}, {g.K})")
     ctx.emit(f"{dx}[:] = {ctx.lit(0.0)}")
     ctx.emit(f"for grp in range({g.G}):")
-    _emit_group_weights(ctx, g, "    ")
-    ctx.emit("    for b in range(nb):")
-    _emit_group_grad(ctx, g, "        ")
-    ctx.emit("        np.dot(wg.T, gm, dcols)")
+    ctx.emit("    dc = dcols3[grp]")
+    ctx.emit("    np.dot(grows3[grp], w3[grp], dc)")
     # col2im: scatter-add every column entry back to the input pixel it came from
-    e = lambda s: ctx.emit("        " + s)  # noqa: E731
-    e(f"for c in range({g.Cg}):")
-    e(f"    ch = grp * {g.Cg} + c")
-    e(f"    for kh in range({g.KH}):")
-    e(f"        for kw in range({g.KW}):")
-    e(f"            r = (c * {g.KH} + kh) * {g.KW} + kw")
-    e(f"            for oh in range({g.OH}):")
-    e(f"                ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
-    e(f"                if ih >= 0 and ih < {g.H}:")
-    e(f"                    base = oh * {g.OW}")
-    e(f"                    for ow in range({g.OW}):")
-    e(f"                        iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
-    e(f"                        if iw >= 0 and iw < {g.W}:")
-    e(f"                            {dx}[b, ch, ih, iw] += dcols[r, base + ow]")
+    e = lambda s: ctx.emit("    " + s)  # noqa: E731
+    e("for b in range(nb):")
+    e(f"    for oh in range({g.OH}):")
+    e(f"        for ow in range({g.OW}):")
+    e(f"            row = (b * {g.OH} + oh) * {g.OW} + ow")
+    e(f"            for c in range({g.Cg}):")
+    e(f"                ch = grp * {g.Cg} + c")
+    e(f"                for kh in range({g.KH}):")
+    e(f"                    ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
+    e(f"                    if ih >= 0 and ih < {g.H}:")
+    e(f"                        r = (c * {g.KH} + kh) * {g.KW}")
+    e(f"                        for kw in range({g.KW}):")
+    e(f"                            iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
+    e(f"                            if iw >= 0 and iw < {g.W}:")
+    e(f"                                {dx}[b, ch, ih, iw] += dc[row, r + kw]")
+
+
+def _grad_weight_scratch(in_types, attrs, out_type):
+    """One sample's (K, OH*OW) columns and a group's (O/G, K) partial product."""
+    x, gt = in_types
+    O, Cg, KH, KW = out_type.shape
+    P = gt.shape[2] * gt.shape[3]
+    return [TensorType((Cg * KH * KW, P), out_type.dtype),
+            TensorType((O // attrs["groups"], Cg * KH * KW), out_type.dtype)]
 
 
 def _grad_weight_kernel(ctx):
     x, gout, dw = ctx.args[0], ctx.args[1], ctx.out
+    cols, part = ctx.scratch
     xt, gt = ctx.in_types
     g = _Geo(xt.shape[1:], ctx.out_type.shape, gt.shape[2:], ctx.attrs)
-    dt = _np_dtype(ctx)
     ctx.emit(f"nb = {x}.shape[0]")
-    ctx.emit(f"cols = np.empty(({g.K}, {g.OHW}), {dt})")
-    ctx.emit(f"part = np.empty(({g.Og}, {g.K}), {dt})")
-    ctx.emit(f"dw2 = {dw}.reshape({g.O}, {g.K})")
-    ctx.emit(f"gout3 = {gout}.reshape(nb, {g.O}, {g.OHW})")
+    ctx.emit(f"cols = {cols}")
+    ctx.emit(f"dw3 = {dw}.reshape({g.G}, {g.Og}, {g.K})")
+    ctx.emit(f"gout4 = {gout}.reshape(nb, {g.G}, {g.Og}, {g.OHW})")
     ctx.emit(f"{dw}[:] = {ctx.lit(0.0)}")
     ctx.emit(f"for grp in range({g.G}):")
+    ctx.emit("    dwg = dw3[grp]")
     ctx.emit("    for b in range(nb):")
     _emit_im2col(ctx, x, g, "        ")
-    _emit_group_grad(ctx, g, "        ")
-    ctx.emit("        np.dot(gm, cols.T, part)")
+    ctx.emit(f"        np.dot(gout4[b, grp], {cols}.T, {part})")
     ctx.emit(f"        for o in range({g.Og}):")
     ctx.emit(f"            for k in range({g.K}):")
-    ctx.emit(f"                dw2[grp * {g.Og} + o, k] += part[o, k]")
+    ctx.emit(f"                dwg[o, k] += {part}[o, k]")
 
 
 # --------------------------------------------------------------- CUDA templates
@@ -409,7 +451,8 @@ _CONV_SAMPLES = (
 register(OpDef(
     name="conv2d", infer=_infer, kind=FusionKind.OUT_FUSABLE, arity=2,
     impl=lambda xs, a, shape: np_conv2d(xs[0], xs[1], a),
-    kernel=_conv_kernel, cuda_kernel=_cuda_conv_kernel, vjp=_conv_vjp, attrs=dict(CONV_ATTRS),
+    kernel=_conv_kernel, scratch=_rows_scratch, cuda_kernel=_cuda_conv_kernel,
+    vjp=_conv_vjp, attrs=dict(CONV_ATTRS),
     samples=_CONV_SAMPLES,
     doc="2-D cross-correlation, NCHW input, (O, C/groups, KH, KW) weight, as F.conv2d "
         "without bias; im2col + BLAS matmul."))
@@ -417,7 +460,8 @@ register(OpDef(
 register(OpDef(
     name="conv2d_grad_input", infer=_grad_input_infer, kind=FusionKind.OPAQUE, arity=2,
     impl=lambda xs, a, shape: np_conv2d_grad_input(xs[0], xs[1], a, a["in_hw"]),
-    kernel=_grad_input_kernel, cuda_kernel=_cuda_grad_input_kernel,
+    kernel=_grad_input_kernel, scratch=_grad_input_scratch,
+    cuda_kernel=_cuda_grad_input_kernel,
     attrs=dict(CONV_ATTRS, in_hw=REQUIRED), differentiable=False,
     samples=(Sample(shapes=((2, 4, 3, 3), (4, 3, 3, 3)), attrs={"in_hw": (5, 5)}),
              Sample(shapes=((2, 3, 4, 5), (3, 2, 3, 2)), attrs=dict(_S, in_hw=(7, 6))),
@@ -429,7 +473,8 @@ register(OpDef(
 register(OpDef(
     name="conv2d_grad_weight", infer=_grad_weight_infer, kind=FusionKind.OPAQUE, arity=2,
     impl=lambda xs, a, shape: np_conv2d_grad_weight(xs[0], xs[1], a, a["kernel"]),
-    kernel=_grad_weight_kernel, cuda_kernel=_cuda_grad_weight_kernel,
+    kernel=_grad_weight_kernel, scratch=_grad_weight_scratch,
+    cuda_kernel=_cuda_grad_weight_kernel,
     attrs=dict(CONV_ATTRS, kernel=REQUIRED), differentiable=False,
     samples=(Sample(shapes=((2, 3, 5, 5), (2, 4, 3, 3)), attrs={"kernel": (3, 3)}),
              Sample(shapes=((2, 2, 7, 6), (2, 3, 4, 5)), attrs=dict(_S, kernel=(3, 2))),
