@@ -17,7 +17,7 @@ import numpy as np
 from graphc.ir import BATCH, get_op
 from graphc.ir.printer import format_node
 
-from . import fastmath
+from . import fastmath, gemm
 from .schedule import batch_source, scratch_arenas
 
 JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
@@ -215,7 +215,7 @@ class CpuEmitter(Emitter):
         parts = [f"# graphc generated code for graph {g.name!r}",
                  f"# numba {numba.__version__}, numpy {np.__version__}",
                  "import math", "import numpy as np", "from numba import njit",
-                 fastmath.IMPORT_LINE, ""]
+                 fastmath.IMPORT_LINE, gemm.import_line(), ""]
         for k in s.kernels:
             if k.kind == "loop":
                 parts += self.emit_loop(k) + [""]

@@ -156,11 +156,18 @@ class _Geo:
         self.d0, self.d1 = a["dilation"]
 
 
-def _emit_im2col_rows(ctx, x, g, ind):
-    """Batched im2col of group ``grp``: c2[(b, oh, ow), (c, kh, kw)] = x_padded[b, group
-    channel c, ...] for every sample (zeros where the window reads padding)."""
+def _gemm(ctx):
+    """The generated module's row-major GEMM (codegen/gemm.py) for this dtype."""
+    return "gemm32" if ctx.out_type.dtype == "float32" else "gemm64"
+
+
+def _emit_rows_taps(ctx, g, ind, valid, pad=None):
+    """Loops over every (output pixel row, tap) of group ``grp`` for all samples:
+    ``row`` = (b, oh, ow), ``r + kw`` = (c, kh, kw), input pixel (``ch``, ``ih``, ``iw``).
+    ``valid`` runs where the tap reads the input, ``pad`` (if any) where it reads
+    padding. Without padding every tap is inside the input (the output size guarantees
+    it), so no bounds test is emitted at all."""
     e = lambda s: ctx.emit(ind + s)  # noqa: E731
-    zero = ctx.lit(0.0)
     e("for b in range(nb):")
     e(f"    for oh in range({g.OH}):")
     e(f"        for ow in range({g.OW}):")
@@ -170,40 +177,42 @@ def _emit_im2col_rows(ctx, x, g, ind):
     e(f"                for kh in range({g.KH}):")
     e(f"                    ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
     e(f"                    r = (c * {g.KH} + kh) * {g.KW}")
-    e(f"                    if ih < 0 or ih >= {g.H}:")
-    e(f"                        for kw in range({g.KW}):")
-    e(f"                            c2[row, r + kw] = {zero}")
-    e(f"                    else:")
-    e(f"                        for kw in range({g.KW}):")
-    e(f"                            iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
-    e(f"                            if iw >= 0 and iw < {g.W}:")
-    e(f"                                c2[row, r + kw] = {x}[b, ch, ih, iw]")
-    e(f"                            else:")
-    e(f"                                c2[row, r + kw] = {zero}")
+    inner = [f"for kw in range({g.KW}):",
+             f"    iw = ow * {g.s1} - {g.p1} + kw * {g.d1}"]
+    if g.p1:
+        inner.append(f"    if iw >= 0 and iw < {g.W}:")
+        inner.append(f"        {valid}")
+        if pad:
+            inner += ["    else:", f"        {pad}"]
+    else:
+        inner.append(f"    {valid}")
+    if g.p0:
+        e(f"                    if ih < 0 or ih >= {g.H}:")
+        if pad:
+            e(f"                        for kw in range({g.KW}):")
+            e(f"                            {pad}")
+        e("                        continue")
+        for line in inner:
+            e("                    " + line)
+    else:
+        for line in inner:
+            e("                    " + line)
 
 
-def _emit_im2col(ctx, x, g, ind):
-    """cols[(c, kh, kw), (oh, ow)] = x_padded[b, group grp channel c, ...] for sample b."""
-    e = lambda s: ctx.emit(ind + s)  # noqa: E731
-    zero = ctx.lit(0.0)
-    e(f"for c in range({g.Cg}):")
-    e(f"    ch = grp * {g.Cg} + c")
-    e(f"    for kh in range({g.KH}):")
-    e(f"        for kw in range({g.KW}):")
-    e(f"            r = (c * {g.KH} + kh) * {g.KW} + kw")
-    e(f"            for oh in range({g.OH}):")
-    e(f"                ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
-    e(f"                base = oh * {g.OW}")
-    e(f"                if ih < 0 or ih >= {g.H}:")
-    e(f"                    for ow in range({g.OW}):")
-    e(f"                        cols[r, base + ow] = {zero}")
-    e(f"                else:")
-    e(f"                    for ow in range({g.OW}):")
-    e(f"                        iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
-    e(f"                        if iw >= 0 and iw < {g.W}:")
-    e(f"                            cols[r, base + ow] = {x}[b, ch, ih, iw]")
-    e(f"                        else:")
-    e(f"                            cols[r, base + ow] = {zero}")
+def _emit_im2col_rows(ctx, x, g, ind, cols="c2"):
+    """Batched im2col of group ``grp``: cols[(b, oh, ow), (c, kh, kw)] = x_padded[b,
+    group channel c, ...] for every sample (zeros where the window reads padding)."""
+    _emit_rows_taps(ctx, g, ind, f"{cols}[row, r + kw] = {x}[b, ch, ih, iw]",
+                    f"{cols}[row, r + kw] = {ctx.lit(0.0)}")
+
+
+def _emit_to_rows(ctx, g, nchw, rows, ind=""):
+    """rows[grp, b, p, o] = nchw[b, grp * O/G + o, p]: channels along each pixel's row."""
+    ctx.emit(ind + "for b in range(nb):")
+    ctx.emit(ind + f"    for grp in range({g.G}):")
+    ctx.emit(ind + f"        for p in range({g.OHW}):")
+    ctx.emit(ind + f"            for o in range({g.Og}):")
+    ctx.emit(ind + f"                {rows}[grp, b, p, o] = {nchw}[b, grp * {g.Og} + o, p]")
 
 
 # The forward and the input gradient are ONE GEMM per group over the whole batch, on
@@ -234,7 +243,7 @@ def _conv_kernel(ctx):
     ctx.emit(f"for grp in range({g.G}):")
     ctx.emit("    c2 = cols3[grp]")
     _emit_im2col_rows(ctx, x, g, "    ")
-    ctx.emit("    np.dot(c2, w3[grp].T, res3[grp])")
+    ctx.emit(f"    {_gemm(ctx)}(False, True, c2, w3[grp], res3[grp], 1.0, 0.0)")
     ctx.emit(f"out3 = {out}.reshape(nb, {g.O}, {g.OHW})")
     ctx.emit("for b in range(nb):")
     ctx.emit(f"    for grp in range({g.G}):")
@@ -260,63 +269,45 @@ def _grad_input_kernel(ctx):
     g = _Geo(ctx.out_type.shape[1:], wt.shape, gt.shape[2:], ctx.attrs)
     ctx.emit(f"nb = {gout}.shape[0]")
     ctx.emit(f"gout3 = {gout}.reshape(nb, {g.O}, {g.OHW})")
-    ctx.emit("for b in range(nb):")       # NCHW -> per-pixel rows of channels
-    ctx.emit(f"    for grp in range({g.G}):")
-    ctx.emit(f"        for p in range({g.OHW}):")
-    ctx.emit(f"            for o in range({g.Og}):")
-    ctx.emit(f"                {grows}[grp, b, p, o] = gout3[b, grp * {g.Og} + o, p]")
+    _emit_to_rows(ctx, g, "gout3", grows)
     ctx.emit(f"w3 = {w}.reshape({g.G}, {g.Og}, {g.K})")
     ctx.emit(f"grows3 = {grows}.reshape({g.G}, nb * {g.OHW}, {g.Og})")
     ctx.emit(f"dcols3 = {dcols}.reshape({g.G}, nb * {g.OHW}, {g.K})")
     ctx.emit(f"{dx}[:] = {ctx.lit(0.0)}")
     ctx.emit(f"for grp in range({g.G}):")
     ctx.emit("    dc = dcols3[grp]")
-    ctx.emit("    np.dot(grows3[grp], w3[grp], dc)")
+    ctx.emit(f"    {_gemm(ctx)}(False, False, grows3[grp], w3[grp], dc, 1.0, 0.0)")
     # col2im: scatter-add every column entry back to the input pixel it came from
-    e = lambda s: ctx.emit("    " + s)  # noqa: E731
-    e("for b in range(nb):")
-    e(f"    for oh in range({g.OH}):")
-    e(f"        for ow in range({g.OW}):")
-    e(f"            row = (b * {g.OH} + oh) * {g.OW} + ow")
-    e(f"            for c in range({g.Cg}):")
-    e(f"                ch = grp * {g.Cg} + c")
-    e(f"                for kh in range({g.KH}):")
-    e(f"                    ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
-    e(f"                    if ih >= 0 and ih < {g.H}:")
-    e(f"                        r = (c * {g.KH} + kh) * {g.KW}")
-    e(f"                        for kw in range({g.KW}):")
-    e(f"                            iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
-    e(f"                            if iw >= 0 and iw < {g.W}:")
-    e(f"                                {dx}[b, ch, ih, iw] += dc[row, r + kw]")
+    _emit_rows_taps(ctx, g, "    ", f"{dx}[b, ch, ih, iw] += dc[row, r + kw]")
 
 
 def _grad_weight_scratch(in_types, attrs, out_type):
-    """One sample's (K, OH*OW) columns and a group's (O/G, K) partial product."""
+    """(G, N, OH*OW, K) columns of the input and (G, N, OH*OW, O/G) gradient rows."""
     x, gt = in_types
     O, Cg, KH, KW = out_type.shape
+    G, N = attrs["groups"], x.shape[0]
     P = gt.shape[2] * gt.shape[3]
-    return [TensorType((Cg * KH * KW, P), out_type.dtype),
-            TensorType((O // attrs["groups"], Cg * KH * KW), out_type.dtype)]
+    return [TensorType((G, N, P, Cg * KH * KW), out_type.dtype),
+            TensorType((G, N, P, O // G), out_type.dtype)]
 
 
 def _grad_weight_kernel(ctx):
+    """dW[grp] = grad_rows[grp]^T @ cols[grp]: one GEMM per group whose inner dimension is
+    every output pixel of the batch (N*OH*OW); the transpose is a BLAS flag."""
     x, gout, dw = ctx.args[0], ctx.args[1], ctx.out
-    cols, part = ctx.scratch
+    cols, grows = ctx.scratch
     xt, gt = ctx.in_types
     g = _Geo(xt.shape[1:], ctx.out_type.shape, gt.shape[2:], ctx.attrs)
     ctx.emit(f"nb = {x}.shape[0]")
-    ctx.emit(f"cols = {cols}")
+    ctx.emit(f"gout3 = {gout}.reshape(nb, {g.O}, {g.OHW})")
+    _emit_to_rows(ctx, g, "gout3", grows)
     ctx.emit(f"dw3 = {dw}.reshape({g.G}, {g.Og}, {g.K})")
-    ctx.emit(f"gout4 = {gout}.reshape(nb, {g.G}, {g.Og}, {g.OHW})")
-    ctx.emit(f"{dw}[:] = {ctx.lit(0.0)}")
+    ctx.emit(f"cols3 = {cols}.reshape({g.G}, nb * {g.OHW}, {g.K})")
+    ctx.emit(f"grows3 = {grows}.reshape({g.G}, nb * {g.OHW}, {g.Og})")
     ctx.emit(f"for grp in range({g.G}):")
-    ctx.emit("    dwg = dw3[grp]")
-    ctx.emit("    for b in range(nb):")
-    _emit_im2col(ctx, x, g, "        ")
-    ctx.emit(f"        np.dot(gout4[b, grp], {cols}.T, {part})")
-    ctx.emit(f"        for o in range({g.Og}):")
-    ctx.emit(f"            for k in range({g.K}):")
-    ctx.emit(f"                dwg[o, k] += {part}[o, k]")
+    ctx.emit("    c2 = cols3[grp]")
+    _emit_im2col_rows(ctx, x, g, "    ")
+    ctx.emit(f"    {_gemm(ctx)}(True, False, grows3[grp], c2, dw3[grp], 1.0, 0.0)")
 
 
 # --------------------------------------------------------------- CUDA templates
