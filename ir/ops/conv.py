@@ -1,17 +1,16 @@
 """2-D convolution (NCHW) and its two gradient ops.
 
-``conv2d`` lowers to im2col + one BLAS matmul per sample and group (``np.dot``, written
-straight into the output when groups == 1); the gradient ops ``conv2d_grad_input`` (matmul then col2im) and
-``conv2d_grad_weight`` (im2col then matmul) are their own registered ops with their own
-kernels. They are not differentiable themselves (no double backward).
+On the CPU each direction is ONE GEMM per group over the whole batch, on "rows" layouts
+(one row per output pixel (b, oh, ow)): ``conv2d`` = batched im2col, cols @ W^T, then a
+pass to NCHW; ``conv2d_grad_input`` = grad to rows, rows @ W, then col2im;
+``conv2d_grad_weight`` = grad to rows and im2col, rows^T @ cols (the transposes are BLAS
+flags of ``codegen/gemm.py``). The column matrices are scratch planned by codegen
+(``OpDef.scratch``), so no kernel allocates. The gradient ops are their own registered
+ops, not differentiable themselves (no double backward).
 
 On the GPU (``cuda_kernel``) all three are direct kernels: one thread per output
 element for the forward and the input gradient (a gather: no atomics), one block per
-weight element with a tree reduction for the weight gradient.
-
-Scratch buffers (one sample's column matrix, a group's partial result) are small and
-allocated inside the kernel on every call; the runtime's buffer planning does not cover
-them yet.
+weight element with a tree reduction for the weight gradient; they need no scratch.
 """
 from __future__ import annotations
 
