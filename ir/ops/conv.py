@@ -1,10 +1,11 @@
 """2-D convolution (NCHW) and its two gradient ops.
 
-On the CPU each direction is ONE GEMM per group over the whole batch, on "rows" layouts
-(one row per output pixel (b, oh, ow)): ``conv2d`` = batched im2col, cols @ W^T, then a
-pass to NCHW; ``conv2d_grad_input`` = grad to rows, rows @ W, then col2im;
-``conv2d_grad_weight`` = grad to rows and im2col, rows^T @ cols (the transposes are BLAS
-flags of ``codegen/gemm.py``). The column matrices are scratch planned by codegen
+On the CPU ``conv2d`` and ``conv2d_grad_weight`` are ONE GEMM per group over the whole
+batch, on "rows" layouts (one row per output pixel (b, oh, ow)): the forward is a
+batched im2col, cols @ W^T, then a pass to NCHW; the weight gradient moves the gradient
+to rows, im2cols the input and computes rows^T @ cols (transposes are BLAS flags of
+``codegen/gemm.py``). ``conv2d_grad_input`` is W^T @ grad per sample, then col2im (see
+its kernel for why). The column matrices are scratch planned by codegen
 (``OpDef.scratch``), so no kernel allocates. The gradient ops are their own registered
 ops, not differentiable themselves (no double backward).
 
@@ -252,32 +253,50 @@ def _conv_kernel(ctx):
     ctx.emit(f"                out3[b, oc, p] = {res}[grp, b, p, o]")
 
 
+# The input gradient stays one GEMM per sample and group: W^T @ grad_b reads the NCHW
+# gradient as it is (no transpose pass), and its (K, OH*OW) result is scattered back
+# while still in cache; measured on LeNet conv2 (batch 64, float32) this beat the
+# batched rows GEMM + col2im over a 2.4 MB column matrix (0.59 vs 0.68 ms).
 def _grad_input_scratch(in_types, attrs, out_type):
+    """One sample's (K, OH*OW) column gradient."""
     gt, w = in_types
-    G, N = attrs["groups"], gt.shape[0]
     O, Cg, KH, KW = w.shape
-    P = gt.shape[2] * gt.shape[3]
-    return [TensorType((G, N, P, O // G), out_type.dtype),
-            TensorType((G, N, P, Cg * KH * KW), out_type.dtype)]
+    return [TensorType((Cg * KH * KW, gt.shape[2] * gt.shape[3]), out_type.dtype)]
 
 
 def _grad_input_kernel(ctx):
     gout, w, dx = ctx.args[0], ctx.args[1], ctx.out
-    grows, dcols = ctx.scratch
+    (dcols,) = ctx.scratch
     gt, wt = ctx.in_types
     g = _Geo(ctx.out_type.shape[1:], wt.shape, gt.shape[2:], ctx.attrs)
     ctx.emit(f"nb = {gout}.shape[0]")
-    ctx.emit(f"gout3 = {gout}.reshape(nb, {g.O}, {g.OHW})")
-    _emit_to_rows(ctx, g, "gout3", grows)
+    ctx.emit(f"gout4 = {gout}.reshape(nb, {g.G}, {g.Og}, {g.OHW})")
     ctx.emit(f"w3 = {w}.reshape({g.G}, {g.Og}, {g.K})")
-    ctx.emit(f"grows3 = {grows}.reshape({g.G}, nb * {g.OHW}, {g.Og})")
-    ctx.emit(f"dcols3 = {dcols}.reshape({g.G}, nb * {g.OHW}, {g.K})")
     ctx.emit(f"{dx}[:] = {ctx.lit(0.0)}")
     ctx.emit(f"for grp in range({g.G}):")
-    ctx.emit("    dc = dcols3[grp]")
-    ctx.emit(f"    {_gemm(ctx)}(False, False, grows3[grp], w3[grp], dc, 1.0, 0.0)")
+    ctx.emit("    for b in range(nb):")
+    ctx.emit(f"        {_gemm(ctx)}(True, False, w3[grp], gout4[b, grp], {dcols}, 1.0, 0.0)")
     # col2im: scatter-add every column entry back to the input pixel it came from
-    _emit_rows_taps(ctx, g, "    ", f"{dx}[b, ch, ih, iw] += dc[row, r + kw]")
+    e = lambda s: ctx.emit("        " + s)  # noqa: E731
+    e(f"for c in range({g.Cg}):")
+    e(f"    ch = grp * {g.Cg} + c")
+    e(f"    for kh in range({g.KH}):")
+    e(f"        for kw in range({g.KW}):")
+    e(f"            r = (c * {g.KH} + kh) * {g.KW} + kw")
+    e(f"            for oh in range({g.OH}):")
+    e(f"                ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
+    ind = "                "
+    if g.p0:
+        e(f"                if ih < 0 or ih >= {g.H}:")
+        e("                    continue")
+    e(f"{ind}base = oh * {g.OW}")
+    e(f"{ind}for ow in range({g.OW}):")
+    e(f"{ind}    iw = ow * {g.s1} - {g.p1} + kw * {g.d1}")
+    if g.p1:
+        e(f"{ind}    if iw >= 0 and iw < {g.W}:")
+        e(f"{ind}        {dx}[b, ch, ih, iw] += {dcols}[r, base + ow]")
+    else:
+        e(f"{ind}    {dx}[b, ch, ih, iw] += {dcols}[r, base + ow]")
 
 
 def _grad_weight_scratch(in_types, attrs, out_type):
