@@ -18,7 +18,7 @@ from graphc.ir import BATCH, get_op
 from graphc.ir.printer import format_node
 
 from . import blas, fastmath
-from .schedule import batch_source
+from .schedule import batch_source, scratch_arenas
 
 JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
 # Kernels are inlined into the driver by Numba, so a step compiles and caches as ONE
@@ -47,8 +47,9 @@ def literal(value, dtype: str) -> str:
 class TemplateContext:
     """What an op's kernel template sees: operand names, types, attrs, and ``emit``."""
 
-    def __init__(self, args, out, in_types, out_type, attrs, shape_expr):
+    def __init__(self, args, out, in_types, out_type, attrs, shape_expr, scratch=()):
         self.args = args
+        self.scratch = list(scratch)   # names of the scratch arrays (OpDef.scratch)
         self.out = out
         self.in_types = in_types
         self.out_type = out_type
@@ -245,12 +246,29 @@ class CpuEmitter(Emitter):
     def emit_template(self, k) -> list[str]:
         (n,) = k.nodes
         d = self.g.nx.nodes[n]
+        scratch = [f"scratch{j}" for j in range(len(k.scratch))]
         ctx = TemplateContext([var(a) for a in d["args"]], var(n),
                               [self.g.type_of(a) for a in d["args"]], d["type"],
-                              dict(d["attrs"]), self.shape_expr)
+                              dict(d["attrs"]), self.shape_expr, scratch)
         get_op(d["op"]).kernel(ctx)
-        return ([f"@njit({KERNEL_FLAGS})", self.signature(k), self.comment(n)] +
+        sig = self.signature(k)
+        if scratch:
+            sig = sig[:-2] + ", " + ", ".join(scratch) + "):"
+        return ([f"@njit({KERNEL_FLAGS})", sig, self.comment(n)] +
                 ["    " + line for line in ctx.lines])
+
+    def scratch_views(self, k) -> list[str]:
+        """Driver expressions for kernel ``k``'s scratch: consecutive views of the start
+        of its dtype's arena (no allocation; every kernel reuses the same memory)."""
+        offsets: dict = {}
+        views = []
+        for t in k.scratch:
+            size = " * ".join("n" if d == BATCH else str(d) for d in t.shape) or "1"
+            start = offsets.get(t.dtype, "0")
+            end = f"{start} + {size}" if start != "0" else size
+            views.append(f"scratch_{t.dtype}[{start}:{end}].reshape({self.shape_expr(t)})")
+            offsets[t.dtype] = end
+        return views
 
     def emit_view(self, k) -> list[str]:
         (n,) = k.nodes
@@ -264,7 +282,8 @@ class CpuEmitter(Emitter):
     # ------------------------------------------------------------ driver
     def driver_params(self) -> list[str]:
         return [var(n) for n in self.g.inputs] + [var(n) for n in self.s.buffers] + \
-               [f"out{i}" for i in sorted(self.s.out_copies)]
+               [f"out{i}" for i in sorted(self.s.out_copies)] + \
+               [f"scratch_{dt}" for dt in scratch_arenas(self.s)]
 
     def emit(self) -> str:
         g, s = self.g, self.s
@@ -289,7 +308,8 @@ class CpuEmitter(Emitter):
             if k.kind == "view":
                 driver += self.emit_view(k)
             else:
-                args = [var(n) for n in k.inputs] + [var(n) for n in k.outputs]
+                args = [var(n) for n in k.inputs] + [var(n) for n in k.outputs] + \
+                    self.scratch_views(k)
                 driver.append(f"    {k.name}({', '.join(args)})")
         for value, target in s.copy_back.items():
             driver.append(_copy_line(var(target), var(value), g.type_of(value).rank))

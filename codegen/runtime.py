@@ -26,7 +26,7 @@ from graphc.ir.types import format_shape
 
 from .cache import load_module
 from .cpu import emit_cpu_source
-from .schedule import build_schedule
+from .schedule import arena_sizes, build_schedule, scratch_arenas
 
 MAX_BATCH_SIZES = 8
 # id(graph) -> (graph, schedule, source, module): a graph object compiled again (e.g.
@@ -146,6 +146,10 @@ class Executable:
             bufs += [np.empty(g.type_of(g.outputs[i]).concrete(batch),
                               dtype=g.type_of(g.outputs[i]).dtype)
                      for i in sorted(self.schedule.out_copies)]
+            # kernel scratch (im2col columns, ...): one flat arena per dtype, after the
+            # buffers, so collect()'s buffer indices are unchanged
+            sizes = arena_sizes(self.schedule, batch)
+            bufs += [np.empty(sizes[dt], dtype=dt) for dt in scratch_arenas(self.schedule)]
             self._buffers[batch] = bufs
             while len(self._buffers) > MAX_BATCH_SIZES:
                 self._buffers.popitem(last=False)

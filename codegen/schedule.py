@@ -11,6 +11,7 @@ into its own array when nothing reads the old value afterwards.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -28,6 +29,10 @@ class Kernel:
     outputs: list          # values the kernel stores to memory
     kind: str              # "loop" | "template" | "view"
     name: str = ""
+    # CPU template kernels: TensorTypes of the scratch arrays the op asks for
+    # (OpDef.scratch); they live only during the kernel, so all kernels share one arena
+    # per dtype (see scratch_arenas); the CUDA emitter ignores them
+    scratch: list = field(default_factory=list)
 
 
 @dataclass
@@ -116,7 +121,8 @@ def build_schedule(graph) -> Schedule:
             continue
         kind = _kernel_kind(graph, ns)
         kernels.append(Kernel(len(kernels), ns, ins, outs, kind,
-                              _kernel_name(graph, len(kernels), ns, kind)))
+                              _kernel_name(graph, len(kernels), ns, kind),
+                              _scratch_types(graph, ns) if kind == "template" else []))
 
     sched = Schedule(kernels)
     sched.views = {k.nodes[0] for k in kernels if k.kind == "view"}
@@ -149,6 +155,34 @@ def build_schedule(graph) -> Schedule:
     sched.buffers = [n for k in kernels if k.kind != "view" for n in k.outputs
                      if n not in sched.inplace]
     return sched
+
+
+def _scratch_types(graph, nodes) -> list:
+    (n,) = nodes
+    op = get_op(graph.op_of(n))
+    if op.scratch is None:
+        return []
+    return list(op.scratch([graph.type_of(a) for a in graph.args_of(n)],
+                           dict(graph.nx.nodes[n]["attrs"]), graph.type_of(n)))
+
+
+def scratch_arenas(schedule) -> list:
+    """Dtypes of the scratch arenas (sorted): the CPU driver takes one flat array per
+    dtype after its buffers, and each kernel gets views of its start."""
+    return sorted({t.dtype for k in schedule.kernels for t in k.scratch})
+
+
+def arena_sizes(schedule, batch) -> dict:
+    """dtype -> elements of its arena at this batch size: the largest total scratch of
+    any one kernel (kernels run one after another, so they share it)."""
+    sizes: dict = {}
+    for k in schedule.kernels:
+        need: dict = {}
+        for t in k.scratch:
+            need[t.dtype] = need.get(t.dtype, 0) + math.prod(t.concrete(batch))
+        for dt, size in need.items():
+            sizes[dt] = max(sizes.get(dt, 0), size)
+    return sizes
 
 
 def _readers_through_views(graph, views, position) -> dict:

@@ -63,6 +63,12 @@ class OpDef:
                                                 ``ctx.launch`` (see codegen/cuda.py)
     cuda_scalar(args, attrs, lit) -> str        CUDA target: overrides ``scalar`` where the
                                                 CPU spelling does not compile for the GPU
+    scratch(in_types, attrs, out_type) -> [TensorType]
+                                                CPU ``kernel`` only: temporary arrays the
+                                                kernel needs (may use the batch dim ``N``);
+                                                the planner provides them as ``ctx.scratch``
+                                                (views of one arena per dtype owned by the
+                                                runtime), so the kernel allocates nothing
     """
 
     name: str
@@ -80,6 +86,7 @@ class OpDef:
     view: bool = False                          # output may alias the input's memory
     cuda_kernel: Optional[Callable] = None
     cuda_scalar: Optional[Callable] = None
+    scratch: Optional[Callable] = None
 
     def normalize_attrs(self, given: dict | None) -> tuple:
         given = dict(given or {})

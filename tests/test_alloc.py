@@ -1,5 +1,7 @@
 """A steady-state training step allocates nothing: no array in Python (tracemalloc) and
-no array inside the compiled code (Numba's NRT counters).
+no array inside the compiled code (Numba's NRT counters), for an MLP and for a small
+conv net (conv + relu + max-pool + linear: its kernels' im2col columns and partial
+products are planner scratch, not per-call arrays).
 
 Each check is run on a deliberately allocating step too, so the test can fail.
 """
@@ -10,6 +12,7 @@ import pytest
 from numba.core.runtime import _nrt_python, rtsys
 
 import graphc as gc
+from graphc.codegen.schedule import scratch_arenas
 
 STEPS = 100
 X_ROWS, X_COLS, HIDDEN, CLASSES = 64, 16, 32, 4
@@ -22,15 +25,28 @@ PEAK_BYTES = 512
 LEAK_BYTES = 512      # net growth over all STEPS (a leak of one object per step exceeds it)
 
 
-@pytest.fixture(scope="module")
-def model():
+IMAGE = (1, 8, 8)
+
+
+def _conv_net():
+    return gc.nn.Sequential(gc.nn.Conv2d(1, 2, 3), gc.nn.ReLU(), gc.nn.MaxPool2d(2),
+                            gc.nn.Flatten(), gc.nn.Linear(2 * 3 * 3, CLASSES))
+
+
+@pytest.fixture(scope="module", params=["mlp", "conv"])
+def model(request):
     gc.manual_seed(0)
-    net = gc.nn.Sequential(gc.nn.Linear(X_COLS, HIDDEN), gc.nn.ReLU(),
-                           gc.nn.Linear(HIDDEN, CLASSES))
-    m = gc.compile(net, input_shape=(None, X_COLS), loss="cross_entropy",
+    if request.param == "mlp":
+        net = gc.nn.Sequential(gc.nn.Linear(X_COLS, HIDDEN), gc.nn.ReLU(),
+                               gc.nn.Linear(HIDDEN, CLASSES))
+        shape = (X_COLS,)
+    else:
+        net = _conv_net()
+        shape = IMAGE
+    m = gc.compile(net, input_shape=(None,) + shape, loss="cross_entropy",
                    optimizer=gc.optim.SGD(lr=0.05))
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((X_ROWS, X_COLS)).astype(np.float32)
+    x = rng.standard_normal((X_ROWS,) + shape).astype(np.float32)
     y = rng.integers(0, CLASSES, X_ROWS)
     for _ in range(3):   # warm-up: compile, allocate buffers for this batch size
         m.train_step(x, y)
@@ -78,9 +94,10 @@ def _nrt_allocations(step):
 def _driver_arrays(m):
     """Array arguments of the driver: Numba wraps each in an NRT meminfo per call."""
     exe = m._exe("train")
-    # plus one for each label input handed to the compiled label-range check
+    # plus one for each label input handed to the compiled label-range check, plus the
+    # scratch arenas (one per dtype)
     return len(exe.graph.inputs) + len(exe.schedule.buffers) + len(exe.schedule.out_copies) \
-        + len(exe.label_classes)
+        + len(exe.label_classes) + len(scratch_arenas(exe.schedule))
 
 
 def _dispatch_baseline(m, x, y):
@@ -102,7 +119,7 @@ def test_train_step_allocates_no_python_memory(model):
 def test_python_check_catches_a_small_array(model):
     m, x, y = model
     base = _dispatch_baseline(m, x, y)
-    rows = x[:8]     # 8 x 16 floats: 512 bytes, smaller than any batch-sized array
+    rows = x[:8]     # 8 samples (MLP: 8 x 16 floats = 512 bytes), less than a batch
     # a temporary alive during the native call, as one made in prepare() would be
     peak, _ = _python_bytes(lambda: (rows.copy(), m.train_step(x, y)))
     assert peak - base >= PEAK_BYTES
@@ -131,6 +148,15 @@ def test_nrt_check_catches_an_allocating_kernel(model):
     allocs, _ = _nrt_allocations(lambda: (m.train_step(x, y), alloc_one(x)))
     assert allocs > STEPS * _driver_arrays(m)
     assert exe is m._exe("train")
+
+
+def test_conv_net_kernels_take_planned_scratch(model):
+    m, x, y = model
+    exe = m._exe("train")
+    if not any(exe.graph.op_of(n).startswith("conv2d") for n in exe.graph.nx.nodes):
+        pytest.skip("no conv in this model")
+    assert scratch_arenas(exe.schedule) == ["float32"]
+    assert "np.empty" not in exe.source and "np.zeros" not in exe.source
 
 
 def test_buffers_are_reused(model):

@@ -254,3 +254,24 @@ def test_tiled_max_pool_gradient_goes_to_the_first_maximum(dtype):
     inputs = {"x": rng.integers(-2, 2, size=(4, 3, 7, 9)).astype(dtype),
               "gy": rng.normal(size=(4, 3, 3, 4)).astype(dtype)}
     np.testing.assert_array_equal(exe.run(inputs)[0], interpret(g, inputs)[0])
+
+
+def test_max_pool_gradient_goes_to_the_first_of_tied_maxima():
+    """The branch-free 2x2 pool gradient gives each window's gradient to its FIRST
+    maximum (ties are common after a ReLU), as the interpreter's reference does."""
+    g = Graph("pool_grad")
+    x = g.add_input(TensorType(("N", 1, 4, 6), "float32"), "x")
+    gout = g.add_input(TensorType(("N", 1, 2, 3), "float32"), "g")
+    g.set_outputs([g.add("max_pool2d_grad", [x, gout], {"kernel": (2, 2), "stride": (2, 2)})])
+    xs = np.zeros((2, 1, 4, 6), np.float32)          # sample 0: all-zero windows (ties)
+    xs[1, 0, :2, :2] = [[1, 3], [3, 2]]                  # tie between two maxima
+    xs[1, 0, :2, 2:4] = [[-2, -3], [-1, -1]]
+    xs[1, 0, :2, 4:6] = [[0, 1], [2, 2]]
+    xs[1, 0, 2:4, :2] = -4
+    xs[1, 0, 2:4, 2:4] = [[-1, -5], [-0.5, -0.5]]
+    xs[1, 0, 2:4, 4:6] = [[7, 7], [7, 7]]
+    gs = np.arange(1, 13, dtype=np.float32).reshape(2, 1, 2, 3)
+    ref = interpret(g, {"x": xs, "g": gs})[0]
+    got = compile_graph(g).run({"x": xs, "g": gs})[0]
+    np.testing.assert_array_equal(got, ref)
+    assert got[1, 0, 0, 1] == 7 and got[1, 0, 1, 0] == 0     # first of the tied 3s
