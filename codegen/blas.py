@@ -155,8 +155,11 @@ def _dims(a, b, c, ta, tb):
 # weight gradient dZ^T @ H) runs as vectorised row updates c[i, :] += s * b[p, :] with b
 # read once: 0.157 ms against OpenBLAS's 0.231 ms at (10 x 1024) @ (1024 x 256) here. A
 # short inner size alone (dZ @ W3) stays with BLAS, which keeps c in registers (0.10 ms
-# against 0.18 ms for the row updates).
+# against 0.18 ms for the row updates). Short rows stay with BLAS too: the conv weight
+# gradients, (6 x 36864) @ (36864 x 25) and (16 x 4096) @ (4096 x 150), took 1.85 and
+# 1.0 ms as row updates, 0.9 and 0.4 ms in BLAS.
 SKINNY = 16
+SKINNY_MIN_ROW = 256
 
 
 def _skinny_loops(cast):
@@ -201,7 +204,7 @@ def _ol_gemm(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
             m, k, n = _dims(a, b, c, ta, tb)
             if m == 0 or n == 0:
                 return
-            if not tb and m <= SKINNY:
+            if not tb and m <= SKINNY and n >= SKINNY_MIN_ROW:
                 rows(a, b, c, ta, alpha, beta, m, k, n)
                 return
             if k == 0:        # BLAS wants lda >= 1; the product is zero
