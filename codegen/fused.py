@@ -1,6 +1,6 @@
 """Emitters for fused group kinds beyond plain loops (set by the fusion pass).
 
-- ``matmul_epilogue``: ``np.dot`` (BLAS) writes the product into an output buffer of
+- ``matmul_epilogue``: ``gemm`` (codegen/blas.py) writes the product into an output buffer of
   the group, then one loop applies the elementwise epilogue (bias add, activation, ...)
   reading each element before overwriting it, so no extra buffer is needed.
 - ``template_epilogue``: the same with a row-wise softmax/log_softmax template as head.
@@ -59,7 +59,7 @@ def _head(em, k):
 
 
 def emit_epilogue(em, k) -> list[str]:
-    """A head (matmul: ``np.dot``; softmax: its template) and one elementwise loop."""
+    """A head (matmul: ``gemm``; softmax: its template) and one elementwise loop."""
     g = em.g
     h, head_lines = _head(em, k)
     rest = [n for n in k.nodes if n != h]
