@@ -73,11 +73,22 @@ def _readable_numba_index(index: Path) -> bool:
         return False
 
 
+def numba_cache_folder(path: Path) -> Path:
+    """Where Numba caches the kernels of module ``path``: ``__pycache__`` beside it, or,
+    when NUMBA_CACHE_DIR is set, the folder Numba derives from the module's folder there."""
+    from numba.core import config
+    if config.CACHE_DIR:
+        from numba.core.caching import UserProvidedCacheLocator
+        return Path(config.CACHE_DIR) / UserProvidedCacheLocator.get_suitable_cache_subpath(
+            str(path))
+    return path.parent / "__pycache__"
+
+
 def purge_unreadable_numba_cache(path: Path) -> list:
     """Delete Numba's cached index/data files of module ``path`` that cannot be read
     back, so Numba recompiles those kernels; returns the removed paths."""
     removed = []
-    pycache = path.parent / "__pycache__"
+    pycache = numba_cache_folder(path)
     if not pycache.is_dir():
         return removed
     for index in pycache.glob(f"{path.stem}.*.nbi"):

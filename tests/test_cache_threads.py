@@ -132,8 +132,11 @@ def _run(cache):
 
 
 def _numba_files(path, suffix):
-    files = sorted((path.parent / "__pycache__").glob(f"{path.stem}.*{suffix}"))
-    assert files, f"no Numba cache files *{suffix} next to {path}"
+    """Numba's cache files of generated module ``path`` (beside it, or under
+    NUMBA_CACHE_DIR when that is set)."""
+    from graphc.codegen.cache import numba_cache_folder
+    files = sorted(numba_cache_folder(path).glob(f"{path.stem}.*{suffix}"))
+    assert files, f"no Numba cache files *{suffix} for {path}"
     return files
 
 
