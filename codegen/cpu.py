@@ -163,6 +163,23 @@ class Emitter:
         return f"def {k.name}({', '.join(params)}):"
 
 
+def scalar_expr(g, n, local: dict) -> str:
+    """The scalar expression of elementwise node ``n``, its operands named by ``local``
+    (node id -> local variable); float32 gets graphc's vectorisable exp/log/tanh
+    instead of libm calls.
+
+    >>> from graphc.ir import Graph, TensorType
+    >>> g = Graph("f"); x = g.add_input(TensorType((3,), "float32"), "x")
+    >>> scalar_expr(g, g.add("exp", [x]), {x: "x0"})
+    'fexp32(x0)'
+    """
+    d = g.nx.nodes[n]
+    args = [local[a] for a in d["args"]]
+    lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
+    expr = get_op(d["op"]).scalar(args, dict(d["attrs"]), lit)
+    return fastmath.rewrite(expr, d["type"].dtype, d["op"], args)
+
+
 class CpuEmitter(Emitter):
     # ------------------------------------------------------------ kernels
 
@@ -231,13 +248,7 @@ class CpuEmitter(Emitter):
                 body.append(f"{ind}x{v} = {ref(v)}")
                 local[v] = f"x{v}"
         for n in k.nodes:
-            d = g.nx.nodes[n]
-            opdef = get_op(d["op"])
-            lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
-            expr = opdef.scalar([local[a] for a in d["args"]], dict(d["attrs"]), lit)
-            # float32: vectorisable polynomial exp/log/tanh instead of libm calls
-            expr = fastmath.rewrite(expr, d["type"].dtype, d["op"], [local[a] for a in d["args"]])
-            body.append(f"{ind}t{n} = {expr}")
+            body.append(f"{ind}t{n} = {scalar_expr(g, n, local)}")
             local[n] = f"t{n}"
         for o in k.outputs:
             body.append(f"{ind}{ref(o)} = {local[o]}")

@@ -16,7 +16,7 @@ from graphc.ir import get_op
 
 from . import blas, fastmath
 from .cpu import (JIT_FLAGS, KERNEL_FLAGS, TemplateContext, _index, _run_kind, literal,
-                  run_ref, run_views, var)
+                  run_ref, run_views, scalar_expr, var)
 from .schedule import LOOP_KINDS, Kernel
 
 SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reduction
@@ -149,29 +149,10 @@ def emit_reduce_loop(em, k) -> list[str]:
         lines.append(f"{outer}    for i{last} in range(np.uint64(b{last}), np.uint64(min("
                      f"b{last} + {SUM_BLOCK}, {var(src)}.shape[{last}]))):")
         ind = outer + "        "
-    for v in reads:
-        if v not in local:
-            lines.append(f"{ind}x{v} = {ref(v)}")
-            local[v] = f"x{v}"
-    for n in elems:
-        d = g.nx.nodes[n]
-        lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
-        args = [local[a] for a in d["args"]]
-        expr = get_op(d["op"]).scalar(args, dict(d["attrs"]), lit)
-        expr = fastmath.rewrite(expr, d["type"].dtype, d["op"], args)
-        lines.append(f"{ind}t{n} = {expr}")
-        local[n] = f"t{n}"
-    for n in stored:
-        lines.append(f"{ind}{ref(n)} = t{n}")
+    lines += _loop_body(g, reads, elems, stored, ref, local, ind)
     for r in reds:
-        attrs = dict(g.nx.nodes[r]["attrs"])
-        axes = attrs["axes"] if attrs["axes"] is not None else tuple(range(rank))
-        if attrs["keepdims"]:
-            idx = ["0" if a in axes else names[a] for a in range(rank)]
-        else:
-            idx = [names[a] for a in range(rank) if a not in axes]
         out = (f"part{r}" if blocked else f"acc{r}") if r in scalar_sums else \
-            f"{var(r)}[{', '.join(idx) if idx else '()'}]"
+            _out_ref(g, r, rank, names)
         (x,) = g.args_of(r)
         lines.append(f"{ind}{out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
     if blocked:
@@ -179,15 +160,7 @@ def emit_reduce_loop(em, k) -> list[str]:
             lines.append(f"{outer}    acc{r} += part{r}")
     for r in scalar_sums:
         lines.append(f"    {var(r)}[()] = acc{r}")
-    for r in reds:
-        if g.op_of(r) == "reduce_mean":
-            attrs = dict(g.nx.nodes[r]["attrs"])
-            axes = attrs["axes"] if attrs["axes"] is not None else tuple(range(rank))
-            count = " * ".join(f"{var(src)}.shape[{a}]" for a in axes) or "1"
-            one = literal(1.0, g.type_of(r).dtype)
-            lines.append(f"    scale{r} = {one} / ({count})")
-            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] *= scale{r}")
-    return lines
+    return lines + _scale_means(g, reds, src, rank)
 
 
 def emit_matmul_update(em, k) -> list[str]:
@@ -238,10 +211,10 @@ def emit_softmax_ce(em, k) -> list[str]:
               f"        for j in range({x}.shape[1]):",
               f"            e = math.exp({x}[i, j] - m)",
               f"            {out}[i, j] = e",
-              f"            s += e"]
+              "            s += e"]
     if loss is not None:
         lines.append(f"        total += m + math.log(s) - {x}[i, {y}[i]]")
-    lines += [f"        inv = scale / s",
+    lines += ["        inv = scale / s",
               f"        for j in range({x}.shape[1]):",
               f"            {out}[i, j] *= inv",
               f"        {out}[i, {y}[i]] -= scale"]
@@ -256,6 +229,43 @@ def emit_softmax_ce(em, k) -> list[str]:
 def _axes(g, r, rank):
     axes = dict(g.nx.nodes[r]["attrs"])["axes"]
     return tuple(range(rank)) if axes is None else tuple(axes)
+
+
+def _out_ref(g, r, rank, names):
+    """Reduction ``r``'s output element for loop indices ``names`` (keepdims: 0 on the
+    reduced axes)."""
+    axes = _axes(g, r, rank)
+    keep = dict(g.nx.nodes[r]["attrs"])["keepdims"]
+    idx = [("0" if a in axes else names[a]) for a in range(rank) if keep or a not in axes]
+    return f"{var(r)}[{', '.join(idx) if idx else '()'}]"
+
+
+def _loop_body(g, reads, elems, stored, ref, local, ind) -> list[str]:
+    """Innermost-loop lines of a reduce loop: load the operands not yet in ``local``,
+    compute the elementwise nodes, store those read outside the kernel."""
+    lines = []
+    for v in reads:
+        if v not in local:
+            lines.append(f"{ind}x{v} = {ref(v)}")
+            local[v] = f"x{v}"
+    for n in elems:
+        lines.append(f"{ind}t{n} = {scalar_expr(g, n, local)}")
+        local[n] = f"t{n}"
+    for n in stored:
+        lines.append(f"{ind}{ref(n)} = t{n}")
+    return lines
+
+
+def _scale_means(g, reds, src, rank) -> list[str]:
+    """After the loop: each mean is its sum times 1 / (the reduced sizes)."""
+    lines = []
+    for r in reds:
+        if g.op_of(r) == "reduce_mean":
+            count = " * ".join(f"{var(src)}.shape[{a}]" for a in _axes(g, r, rank)) or "1"
+            one = literal(1.0, g.type_of(r).dtype)
+            lines.append(f"    scale{r} = {one} / ({count})")
+            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] *= scale{r}")
+    return lines
 
 
 def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> list[str]:
@@ -306,12 +316,6 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
             return run_ref(var(v), shape, iter_shape, names, s, "iu")
         return f"{var(v)}[{_index(shape, iter_shape, names)}]" if shape else f"{var(v)}[()]"
 
-    def out_ref(r):
-        axes = _axes(g, r, rank)
-        keep = dict(g.nx.nodes[r]["attrs"])["keepdims"]
-        idx = [("0" if a in axes else names[a]) for a in range(rank) if keep or a not in axes]
-        return f"{var(r)}[{', '.join(idx) if idx else '()'}]"
-
     for r in reds:
         init = literal(REDUCERS[g.op_of(r)][1], g.type_of(r).dtype)
         lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] = {init}")
@@ -326,7 +330,7 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
         ind += "    "
     sums = [r for r in in_reg if g.op_of(r) != "reduce_max"]
     for r in in_reg:
-        lines.append(f"{ind}acc{r} = " + ("0.0" if r in sums else out_ref(r)))
+        lines.append(f"{ind}acc{r} = " + ("0.0" if r in sums else _out_ref(g, r, rank, names)))
     if not flat:
         for d in range(s, rank - 1):
             lines.append(f"{ind}for i{d} in range({var(src)}.shape[{d}]):")
@@ -337,37 +341,18 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
     lines.append(f"{ind}    for {inner} in range(np.uint64(bu), np.uint64(min(bu + {SUM_BLOCK}, "
                  f"{inner_len}))):")
     body = ind + "        "
-    for v in reads:
-        if v not in local:
-            lines.append(f"{body}x{v} = {ref(v)}")
-            local[v] = f"x{v}"
-    for n in elems:
-        d = g.nx.nodes[n]
-        lit = lambda value, dt=d["type"].dtype: literal(value, dt)  # noqa: E731
-        args = [local[a] for a in d["args"]]
-        expr = get_op(d["op"]).scalar(args, dict(d["attrs"]), lit)
-        expr = fastmath.rewrite(expr, d["type"].dtype, d["op"], args)
-        lines.append(f"{body}t{n} = {expr}")
-        local[n] = f"t{n}"
-    for n in stored:
-        lines.append(f"{body}{ref(n)} = t{n}")
+    lines += _loop_body(g, reads, elems, stored, ref, local, body)
     for r in reds:
         (x,) = g.args_of(r)
-        out = f"part{r}" if r in sums else f"acc{r}" if r in in_reg else out_ref(r)
+        out = f"part{r}" if r in sums else f"acc{r}" if r in in_reg else _out_ref(g, r, rank, names)
         lines.append(f"{body}{out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
     for r in sums:
         lines.append(f"{ind}    acc{r} += part{r}")
     ind = "    " * (s + 1)
     for r in in_reg:
-        o = out_ref(r)
+        o = _out_ref(g, r, rank, names)
         lines.append(f"{ind}{o} = " + (f"{o} + acc{r}" if r in sums else f"acc{r}"))
-    for r in reds:
-        if g.op_of(r) == "reduce_mean":
-            count = " * ".join(f"{var(src)}.shape[{a}]" for a in _axes(g, r, rank)) or "1"
-            one = literal(1.0, g.type_of(r).dtype)
-            lines.append(f"    scale{r} = {one} / ({count})")
-            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] *= scale{r}")
-    return lines
+    return lines + _scale_means(g, reds, src, rank)
 
 
 FUSED_EMITTERS = {"softmax_ce": emit_softmax_ce, "matmul_update": emit_matmul_update,
