@@ -16,6 +16,9 @@ range, checked by tests/test_fastmath.py:
 ``ftanh32``        rel. error <= 1e-6; +-1 for large |x|, sign of zero kept
 ``fsigmoid32``     rel. error <= 1e-6 (one exp, stable for any x)
 ``fsoftplus32``    rel. error <= 1e-6 (``max(x, 0) + log1p(exp(-|x|))``)
+
+The last three share ``exp(-|x|)`` and ``1 / (1 + exp(-|x|))``, so a fused loop that
+uses several of them on the same input computes those once.
 =================  =====================================================================
 
 MAX_REL_ERROR (5e-6) is the bound the code generator promises; nan in gives nan out.
@@ -99,6 +102,20 @@ def _exponent(typingctx, x):
     return types.float32(types.float32), codegen
 
 
+@intrinsic
+def _where(typingctx, cond, a, b):
+    """``a if cond else b`` as one LLVM select on float32, never a branch: a ternary
+    becomes control flow in Numba's IR, which the loop vectoriser if-converts in an order
+    of its own per call site, so two inlined copies of the same function stopped being
+    recognised as equal and were computed twice."""
+    if cond != types.boolean or a != types.float32 or b != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(args[0], args[1], args[2])
+    return types.float32(types.boolean, types.float32, types.float32), codegen
+
+
 # --------------------------------------------------------------- constants (float32)
 _ZERO, _HALF, _ONE, _TWO = _f32(0.0), _f32(0.5), _f32(1.0), _f32(2.0)
 _INF = _f32(np.inf)
@@ -112,6 +129,7 @@ _LN2_LO = _f32(-2.12194440e-4)
 _E0, _E1, _E2 = _f32(1.9875691500e-4), _f32(1.3981999507e-3), _f32(8.3334519073e-3)
 _E3, _E4, _E5 = _f32(4.1665795894e-2), _f32(1.6666665459e-1), _f32(5.0000001201e-1)
 _SQRTHF = _f32(0.707106781186547524)
+_SQRT2 = _f32(1.41421356237309505)
 _L0, _L1, _L2 = _f32(7.0376836292e-2), _f32(-1.1514610310e-1), _f32(1.1676998740e-1)
 _L3, _L4, _L5 = _f32(-1.2420140846e-1), _f32(1.4249322787e-1), _f32(-1.6668057665e-1)
 _L6, _L7, _L8 = _f32(2.0000714765e-1), _f32(-2.4999993993e-1), _f32(3.3333331174e-1)
@@ -126,37 +144,49 @@ _TANH_SMALL = _f32(0.625)
 
 # --------------------------------------------------------------- the functions
 @njit(**_FLAGS)
+def _log_poly(f, z):
+    """Cephes logf's degree-8 polynomial in f (z = f*f), by Estrin's scheme: 4 dependent
+    FMAs instead of Horner's 9."""
+    z4 = z * z
+    lo = (_L0 * f + _L1) * z + (_L2 * f + _L3)
+    hi = (_L4 * f + _L5) * z + (_L6 * f + _L7)
+    return (lo * z4 + hi) * f + _L8
+
+
+@njit(**_FLAGS)
 def fexp32(x):
     """e**x in float32 (Cephes expf; 2**n applied in two halves so denormals round once)."""
-    xc = x if x < _EXP_HI else _EXP_HI      # nan goes down this path too: fixed at the end
-    xc = xc if xc > _EXP_LO else _EXP_LO
+    xc = _where(x < _EXP_HI, x, _EXP_HI)      # nan goes down this path too: fixed at the end
+    xc = _where(xc > _EXP_LO, xc, _EXP_LO)
     n = (xc * _LOG2E + _MAGIC) - _MAGIC
     r = xc - n * _LN2_HI
     r = r - n * _LN2_LO
     z = r * r
-    p = (((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5) * z + r + _ONE
+    # Estrin's scheme, not Horner: the same polynomial in 3 dependent FMAs instead of 5,
+    # which matters because fused loops around these functions are latency-bound
+    q = ((_E0 * r + _E1) * z + (_E2 * r + _E3)) * z + (_E4 * r + _E5)
+    p = q * z + r + _ONE
     n1 = (n * _HALF + _MAGIC) - _MAGIC
     res = p * _pow2(n1) * _pow2(n - n1)
-    return res if x == x else x
+    return _where(x == x, res, x)
 
 
 @njit(**_FLAGS)
 def flog32(x):
     """Natural log in float32 (Cephes logf); denormals scaled up first."""
     sub = x < _TINY
-    xs = x * _TWO25 if sub else x
+    xs = _where(sub, x * _TWO25, x)
     m = _mantissa(xs)
-    e = _exponent(xs) - (_E25 if sub else _ZERO)
+    e = _exponent(xs) - _where(sub, _E25, _ZERO)
     low = m < _SQRTHF
-    e = e - (_ONE if low else _ZERO)
-    f = (m + m - _ONE) if low else (m - _ONE)
+    e = e - _where(low, _ONE, _ZERO)
+    f = _where(low, (m + m - _ONE), (m - _ONE))
     z = f * f
-    y = ((((((((_L0 * f + _L1) * f + _L2) * f + _L3) * f + _L4) * f + _L5) * f + _L6) * f
-          + _L7) * f + _L8) * f * z
+    y = _log_poly(f, z) * f * z
     y = y + e * _LN2_LO - _HALF * z
     res = f + y + e * _LN2_HI
-    res = res if x < _INF else x              # inf -> inf, nan -> nan
-    res = res if x > _ZERO else (-_INF if x == _ZERO else _NAN)   # a constant: no divide
+    res = _where(x < _INF, res, x)              # inf -> inf, nan -> nan
+    res = _where(x > _ZERO, res, _where(x == _ZERO, -_INF, _NAN))   # a constant: no divide
     return res
 
 
@@ -167,34 +197,67 @@ def flog1p32(u):
     d = w - _ONE
     # u / d is 1 (to rounding) once u >= 2**24; taking 1 there keeps a reduction loop's
     # 'reassoc' from turning log(w) * (u / d) into (log(w) * u) / d, which overflowed
-    ratio = u / d if u < _TWO24 else _ONE
-    res = flog32(w) * ratio if d != _ZERO else u
-    return res if u < _INF else u
+    ratio = _where(u < _TWO24, u / d, _ONE)
+    res = _where(d != _ZERO, flog32(w) * ratio, u)
+    return _where(u < _INF, res, u)
+
+
+# sigmoid, tanh and softplus are all written around the same t = e**-|x| and 1 / (1 + t)
+# so that, inlined into one fused loop, LLVM's value numbering computes them once: the
+# elementwise chain sigmoid(x)*tanh(x) + relu(x) - softplus(x) with its gradient then costs
+# one exp, one log polynomial and two divides per element instead of three exps, a log
+# and four divides (measured: benchmarks/bench.py, chain row).
+@njit(**_FLAGS)
+def _exp_neg_abs(x):
+    """e**-|x| in (0, 1]; nan stays nan."""
+    return fexp32(-abs(x))
+
+
+@njit(**_FLAGS)
+def _log_1_2(w):
+    """log(w) for w in [1, 2] (flog32 without the range handling; nan stays nan)."""
+    hi = w > _SQRT2
+    f = _where(hi, (w * _HALF - _ONE), (w - _ONE))
+    e = _where(hi, _ONE, _ZERO)
+    z = f * f
+    y = _log_poly(f, z) * f * z
+    y = y + e * _LN2_LO - _HALF * z
+    return f + y + e * _LN2_HI
 
 
 @njit(**_FLAGS)
 def ftanh32(x):
-    """tanh in float32: odd polynomial for |x| < 0.625, else 1 - 2 / (e**2|x| + 1)."""
+    """tanh in float32: odd polynomial for |x| < 0.625, else (1 - t*t) / (1 + t*t) with
+    t = e**-|x| (no cancellation there: t*t <= 0.29)."""
     a = abs(x)
     z = x * x
     small = x * (_ONE + z * ((((_T0 * z + _T1) * z + _T2) * z + _T3) * z + _T4))  # keeps -0.0
-    big = _ONE - _TWO / (fexp32(a + a) + _ONE)
-    big = big if x >= _ZERO else -big
-    return small if a < _TANH_SMALL else big
+    t = _exp_neg_abs(x)
+    t2 = t * t
+    big = (_ONE - t2) / (_ONE + t2)
+    big = _where(x >= _ZERO, big, -big)
+    return _where(a < _TANH_SMALL, small, big)
 
 
 @njit(**_FLAGS)
 def fsigmoid32(x):
     """1 / (1 + e**-x) in float32 with one exp of -|x| (no overflow either side)."""
-    e = fexp32(-abs(x))
-    r = _ONE / (_ONE + e)
-    return r if x >= _ZERO else e * r
+    t = _exp_neg_abs(x)
+    r = _ONE / (_ONE + t)
+    return r * _where(x >= _ZERO, _ONE, t)
 
 
 @njit(**_FLAGS)
 def fsoftplus32(x):
-    """log(1 + e**x) in float32 as max(x, 0) + log1p(e**-|x|)."""
-    return (x if x > _ZERO else _ZERO) + flog1p32(fexp32(-abs(x)))
+    """log(1 + e**x) in float32 as max(x, 0) + log1p(t), t = e**-|x| in (0, 1].
+
+    log1p(t) = log(w) + (t - (w - 1)) / w with w = 1 + t rounded: the second term puts
+    back what rounding w lost, and 1 / w is the sigmoid's reciprocal (shared).
+    """
+    t = _exp_neg_abs(x)
+    w = _ONE + t
+    r = _ONE / w
+    return _where(x > _ZERO, x, _ZERO) + (_log_1_2(w) + (t - (w - _ONE)) * r)
 
 
 # --------------------------------------------------------------- code generator hook
