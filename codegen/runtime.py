@@ -26,6 +26,7 @@ from graphc.ir.types import format_shape
 
 from .cache import load_module
 from .cpu import emit_cpu_source
+from .parallel import COMBINE, MIN_CHUNK_ELEMENTS, chunk_bounds, row_split_plan, thread_count, worker_pool
 from .schedule import arena_sizes, build_schedule, scratch_arenas
 
 MAX_BATCH_SIZES = 8
@@ -71,6 +72,11 @@ class Executable:
         self._out_plan = None
         self._lock = threading.Lock()
         self.timings: dict = {}
+        # large elementwise graphs run in row chunks on every core (codegen/parallel.py)
+        self.threads = thread_count()
+        self.split_plan = row_split_plan(graph, schedule) if self.threads > 1 else None
+        self._chunk_args: dict = {}   # batch -> (bounds, per-chunk buffer arguments)
+        self.last_chunks: list = []   # row ranges of the last call; [] when not split
 
     @property
     def kernel_count(self) -> int:
@@ -171,7 +177,12 @@ class Executable:
         with self._lock:
             bufs = self.buffers_for(batch)
             try:
-                self.module.run(*arrays, *bufs)
+                chunks = self._chunks_for(batch, bufs) if self.split_plan else None
+                if chunks is None:
+                    self.module.run(*arrays, *bufs)
+                    self.last_chunks = []
+                else:
+                    self._run_in_chunks(arrays, bufs, chunks)
             except NumbaError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise CompileError(f"Numba could not compile graph {self.graph.name!r} "
@@ -184,6 +195,48 @@ class Executable:
                 outs = [(o.item() if o.ndim == 0 else o.copy()) if i in copy else o
                         for i, o in enumerate(outs)]
         return outs
+
+    def _chunks_for(self, batch, bufs):
+        """(row ranges, buffer arguments per chunk) for this batch size, built once; None
+        when the work is too small to be worth waking threads for."""
+        hit = self._chunk_args.get(batch)
+        if hit is None:
+            plan = self.split_plan
+            rows = plan.rows if plan.rows is not None else batch
+            chunks = min(self.threads, rows * plan.row_size // MIN_CHUNK_ELEMENTS)
+            if chunks < 2:
+                hit = (None, None)
+            else:
+                bounds = chunk_bounds(rows, plan.row_size, chunks)
+                n_in = len(self.input_names)
+                sliced = {p - n_in for p in plan.sliced if p >= n_in}
+                per_chunk = []
+                for c, (lo, hi) in enumerate(bounds):
+                    per_chunk.append([b[lo:hi] if j in sliced
+                                      else (np.empty_like(b) if c and j in plan.private else b)
+                                      for j, b in enumerate(bufs)])
+                hit = (bounds, per_chunk)
+            self._chunk_args[batch] = hit
+            while len(self._chunk_args) > MAX_BATCH_SIZES:
+                self._chunk_args.pop(next(iter(self._chunk_args)))
+        return None if hit[0] is None else hit
+
+    def _run_in_chunks(self, arrays, bufs, chunks):
+        bounds, per_chunk = chunks
+        sliced_inputs = {p for p in self.split_plan.sliced if p < len(arrays)}
+        args = [[a[lo:hi] if i in sliced_inputs else a for i, a in enumerate(arrays)]
+                + per_chunk[c] for c, (lo, hi) in enumerate(bounds)]
+        pool = worker_pool(len(bounds) - 1)
+        pending = [pool.submit(self.module.run, *a) for a in args[1:]]
+        try:
+            self.module.run(*args[0])
+        finally:
+            for f in pending:
+                f.result()
+        for j, op in self.split_plan.combine.items():
+            for c in range(1, len(bounds)):
+                COMBINE[op](bufs[j], per_chunk[c][j], out=bufs[j])
+        self.last_chunks = bounds
 
     def collect(self, arrays, bufs):
         """The output arrays: inputs updated in place, buffers, or final copies."""
