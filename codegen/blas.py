@@ -149,12 +149,17 @@ def _xxgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, 
     return sig, codegen
 
 
-def gemm(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
-    """``c[...] = alpha * op(a) @ op(b) + beta * c`` (NumPy version; Numba uses BLAS)."""
+def gemm_reference(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
+    """``c[...] = alpha * op(a) @ op(b) + beta * c`` in NumPy (the tests' oracle)."""
     x = a.T if ta else a
     y = b.T if tb else b
     prod = alpha * (x @ y)
     c[...] = prod if beta == 0 else prod + beta * c
+
+
+def _gemm_any(a, b, c, ta, tb, alpha, beta):
+    """Typed by the overload below (per dtype and layout); only :func:`gemm` calls it."""
+    gemm_reference(a, b, c, ta, tb, alpha, beta)
 
 
 @njit(inline="always")
@@ -205,8 +210,8 @@ def _skinny_loops(cast):
 _ROWS = {types.float32: _skinny_loops(np.float32), types.float64: _skinny_loops(np.float64)}
 
 
-@overload(gemm)
-def _ol_gemm(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
+@overload(_gemm_any)
+def _ol_gemm(a, b, c, ta, tb, alpha, beta):
     arrays = (a, b, c)
     if not all(isinstance(x, types.Array) and x.ndim == 2 for x in arrays):
         raise TypingError("gemm takes three 2-D arrays")
@@ -217,7 +222,7 @@ def _ol_gemm(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
         rows = _ROWS[c.dtype]
         cblas = _CBLAS.get(c.dtype)
 
-        def impl(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
+        def impl(a, b, c, ta, tb, alpha, beta):
             m, k, n = _dims(a, b, c, ta, tb)
             if m == 0 or n == 0:
                 return
@@ -225,10 +230,9 @@ def _ol_gemm(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
                 rows(a, b, c, ta, alpha, beta, m, k, n)
                 return
             if k == 0:        # BLAS wants lda >= 1; the product is zero
-                if beta == 0:
-                    c[:] = 0
-                else:
-                    c *= beta
+                for i in range(m):   # loops, not c[:] = 0 / c *= beta: those compile
+                    for j in range(n):   # Numba's array-expression machinery (~0.4 s)
+                        c[i, j] = 0 if beta == 0 else c[i, j] * beta
                 return
             if cblas is not None:
                 cblas(a, b, c, ta, tb, alpha, beta, m, k, n)
@@ -236,12 +240,38 @@ def _ol_gemm(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
                 _xxgemm(tb, ta, n, m, k, alpha, b, b.shape[1], a, a.shape[1], beta, c, n)
         return impl
 
-    def impl_copy(a, b, c, ta=False, tb=False, alpha=1.0, beta=0.0):
+    def impl_copy(a, b, c, ta, tb, alpha, beta):
         # non-contiguous views (never made by graphc's generated code): contiguous copies
         cc = np.ascontiguousarray(c)
-        gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), cc, ta, tb, alpha, beta)
+        _gemm_any(np.ascontiguousarray(a), np.ascontiguousarray(b), cc, ta, tb, alpha, beta)
         c[:] = cc
     return impl_copy
+
+
+# One compiled dispatcher, not an @overload that generated code calls directly: Numba
+# compiles an overload again inside every function compiled with other flags (each fused
+# reduction kernel has fastmath flags), and it specialises a dispatcher on literal
+# True/False arguments; either way about 1.5 s per copy. ``gemm`` is inlined where it is
+# called and hands ``_gemm_compiled`` plain bools and float64 scalars, so a model's
+# products share one compilation per dtype, kept in Numba's cache across processes.
+# One function per BLAS kind: Numba's cache knows a function by its name and file, and
+# machine code calling NumPy's cblas must never be loaded where that library is not.
+if KIND == "numpy-openblas64":
+    @njit(cache=True, nogil=True)
+    def _gemm_numpy_openblas64(a, b, c, ta, tb, alpha, beta):
+        _gemm_any(a, b, c, ta, tb, alpha, beta)
+    _gemm_compiled = _gemm_numpy_openblas64
+else:
+    @njit(cache=True, nogil=True)
+    def _gemm_scipy(a, b, c, ta, tb, alpha, beta):
+        _gemm_any(a, b, c, ta, tb, alpha, beta)
+    _gemm_compiled = _gemm_scipy
+
+
+@njit(inline="always")
+def gemm(a, b, c, ta, tb, alpha, beta):
+    """``c = alpha * op(a) @ op(b) + beta * c`` in place, by one BLAS call (see module)."""
+    _gemm_compiled(a, b, c, ta == True, tb == True, np.float64(alpha), np.float64(beta))  # noqa: E712
 
 
 def _version() -> str:

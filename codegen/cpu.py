@@ -181,6 +181,20 @@ def scalar_expr(g, n, local: dict) -> str:
 
 
 class CpuEmitter(Emitter):
+    def __init__(self, graph, schedule):
+        super().__init__(graph, schedule)
+        # A float32 graph's driver contracts a*b+c into FMAs, as float32 loops do anyway
+        # (fastmath.LOOP_FLAGS): a kernel whose loop asks for no more than that is then
+        # inlined instead of compiled on its own (each separate function costs ~0.5 s of
+        # cold compile, mostly re-optimising the gemm code it links in). float64 graphs
+        # keep separate roundings, as the interpreter computes them.
+        dtypes = {graph.type_of(n).dtype for n in graph.nx.nodes}
+        self.driver_fastmath = set(fastmath.LOOP_FLAGS) if "float64" not in dtypes else set()
+
+    def driver_flags(self) -> str:
+        fm = self.driver_fastmath
+        return JIT_FLAGS + (", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
+
     # ------------------------------------------------------------ kernels
 
     def emit_loop(self, k) -> list[str]:
@@ -310,7 +324,7 @@ class CpuEmitter(Emitter):
             elif k.kind != "view":
                 from .fused import FUSED_EMITTERS   # fused group kinds (fusion pass)
                 parts += FUSED_EMITTERS[k.kind](self, k) + [""]
-        driver = [f"@njit({JIT_FLAGS})", f"def run({', '.join(self.driver_params())}):"]
+        driver = [f"@njit({self.driver_flags()})", f"def run({', '.join(self.driver_params())}):"]
         if self.batch_source is not None:
             driver.append(f"    n = {self.batch_source[0]}.shape[{self.batch_source[1]}]")
         for value, target in s.inplace.items():

@@ -114,7 +114,10 @@ def emit_reduce_loop(em, k) -> list[str]:
         # as for whole-tensor sums; float64 suffix sums stay sequential (no reassoc)
         if any(g.op_of(r) != "reduce_max" for r in suffix):
             fm.add("reassoc")
-    flags = JIT_FLAGS + (", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
+    if fm <= em.driver_fastmath:
+        flags = KERNEL_FLAGS   # compiled as part of the driver, with its flags
+    else:
+        flags = JIT_FLAGS + ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}"
     lines = [f"@njit({flags})", em.signature(k)] + head_lines
     if suffix:
         return lines + _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src)
@@ -173,16 +176,15 @@ def emit_matmul_update(em, k) -> list[str]:
     s, mm = (x, y) if g.op_of(y) == "matmul" else (y, x)
     a, b = g.args_of(mm)
     attrs = dict(g.nx.nodes[mm]["attrs"])
-    dtype = g.type_of(u).dtype
     if g.op_of(s) == "constant":
-        scale = literal(-float(dict(g.nx.nodes[s]["attrs"])["value"]), dtype)
+        scale = repr(-float(dict(g.nx.nodes[s]["attrs"])["value"]))
     else:
         scale = f"-{var(s)}[()]"
     lines = [f"@njit({KERNEL_FLAGS})", em.signature(k)] + [em.comment(n) for n in k.nodes]
     if em.s.inplace.get(u) != w:
         lines.append(f"    {var(u)}[:] = {var(w)}")
     lines.append("    " + blas.call(var(a), var(b), var(u), attrs["ta"], attrs["tb"],
-                                    scale, literal(1.0, dtype)))
+                                    scale, "1.0"))
     return lines
 
 
