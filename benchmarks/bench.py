@@ -3,7 +3,8 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py [--quick]
         [--blas-threads N]
 
-Workloads (float32, medians of repeated steps after warm-up):
+Workloads (float32, medians of repeated steps after warm-up; the implementations of a
+workload are timed in alternating rounds, so load drift on a shared machine hits all):
 - MLP 784-256-256-10, ReLU, softmax cross-entropy, SGD: one training step (forward,
   backward, update) at batch 128 and 1024; GFLOP/s against the measured sgemm peak.
 - Elementwise chain y = sigmoid(x)*tanh(x) + 0.5*relu(x) - softplus(x) on 4M floats,
@@ -35,6 +36,25 @@ def median_time(fn, reps, warmup=3):
         fn()
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
+
+
+def interleaved_medians(fns: dict, reps: int, rounds: int = 5, warmup: int = 2) -> dict:
+    """Median seconds per call of each function, measured in ``rounds`` alternating
+    rounds of ``reps // rounds`` calls each: on a shared machine the load drifts over a
+    minute, and alternating lets every implementation see the same drift (the ratios
+    are then fair even when the absolute times move)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    per_round = max(reps // rounds, 1)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 # ---------------------------------------------------------------- environment
@@ -313,19 +333,22 @@ def main(argv=None):
                  ("pytorch compile (loss; step eager)",
                   lambda: _optional(lambda: torch_mlp(compiled=True))),
                  ("jax jit", lambda: _optional(jax_mlp))]
+    # build (and compile) everything first, then time all implementations in alternating
+    # rounds (interleaved_medians)
+    mlp_steps, mlp_build = {}, {}
     for name, make in mlp_impls:
         t = time.perf_counter()
         step = make()
         if step is None:
             continue
-        for batch, reps in ((128, int(200 * q)), (1024, int(40 * q))):
-            x, y = mlp_data(batch)
-            if batch == 128:
-                step(x, y)
-                build = time.perf_counter() - t
-            s = median_time(lambda: step(x, y), max(reps, 5))
-            add(f"MLP b{batch}", name + (f" (build {build:.1f}s)" if batch == 128 else ""),
-                s, batch, mlp_flops(batch), "GFLOP/s")
+        step(*mlp_data(128))
+        mlp_steps[name], mlp_build[name] = step, time.perf_counter() - t
+    for batch, reps in ((128, int(200 * q)), (1024, int(40 * q))):
+        x, y = mlp_data(batch)
+        fns = {name: (lambda st=st: st(x, y)) for name, st in mlp_steps.items()}
+        for name, s in interleaved_medians(fns, max(reps, 5)).items():
+            add(f"MLP b{batch}", name + (f" (build {mlp_build[name]:.1f}s)" if batch == 128
+                                         else ""), s, batch, mlp_flops(batch), "GFLOP/s")
 
     x = np.random.default_rng(1).standard_normal(CHAIN_N).astype(np.float32)
     chain_impls = [("graphc fused", lambda: chain_graphc(x, True, False)),
@@ -335,16 +358,17 @@ def main(argv=None):
                    ("pytorch eager", lambda: _optional(lambda: chain_torch(x))),
                    ("pytorch compile", lambda: _optional(lambda: chain_torch_compile(x))),
                    ("jax jit", lambda: _optional(lambda: chain_jax(x)))]
+    chain_runs, chain_build = {}, {}
     for name, make in chain_impls:
         t = time.perf_counter()
         run = make()
         if run is None:
             continue
         run()   # compiles (graphc, torch.compile, jax.jit): timed here, not in the steps
-        build = time.perf_counter() - t
-        s = median_time(run, max(int(20 * q), 5), warmup=2)
-        add("chain 4M fwd+bwd", f"{name} (build {build:.1f}s)", s, CHAIN_N, 2 * x.nbytes,
-            "GB/s")
+        chain_runs[name], chain_build[name] = run, time.perf_counter() - t
+    for name, s in interleaved_medians(chain_runs, max(int(20 * q), 5)).items():
+        add("chain 4M fwd+bwd", f"{name} (build {chain_build[name]:.1f}s)", s, CHAIN_N,
+            2 * x.nbytes, "GB/s")
 
     # LeNet (1x28x28, batch 64): the rows of benchmarks/bench_lenet.py, same process
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

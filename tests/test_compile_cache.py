@@ -98,3 +98,27 @@ def test_fingerprint_sees_array_contents():
     assert repr(a) == repr(b)
     assert _canonical(a) == _canonical(a.copy()) != _canonical(b)
     assert _canonical((("value", a),)) != _canonical((("value", b),))
+
+
+def test_float32_step_compiles_as_one_function_and_gemm_once():
+    """What keeps a cold compile short: in a float32 step every kernel (fused reductions
+    included) is inlined into the one cached driver, and every product goes through
+    one compiled gemm signature (plain bool flags, float64 scalars), never one copy per
+    caller, flag literal or scalar dtype."""
+    from numba import types
+
+    from graphc.codegen import blas
+    gc.manual_seed(0)
+    net = gc.nn.Sequential(gc.nn.Linear(6, 5), gc.nn.ReLU(), gc.nn.Linear(5, 3))
+    m = gc.compile(net, input_shape=(None, 6), loss="cross_entropy",
+                   optimizer=gc.optim.SGD(lr=0.1))
+    rng = np.random.default_rng(0)
+    m.train_step(rng.standard_normal((4, 6)).astype(np.float32), np.array([0, 1, 2, 1]))
+    src = m.source
+    assert src.count("cache=True") == 1 and "fastmath={'contract'}" in src, src
+    assert "reduce_sum" in src and src.count("gemm(") >= 5
+    sigs = blas._gemm_compiled.signatures
+    assert sigs and all(s[3] == types.boolean and s[4] == types.boolean
+                        and s[5] == types.float64 and s[6] == types.float64 for s in sigs)
+    contiguous = [s for s in sigs if all(a.layout == "C" for a in s[:3])]
+    assert len(contiguous) == len({s[0].dtype for s in contiguous})   # one per dtype
