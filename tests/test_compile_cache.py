@@ -100,7 +100,7 @@ def test_fingerprint_sees_array_contents():
     assert _canonical((("value", a),)) != _canonical((("value", b),))
 
 
-def test_float32_step_compiles_as_one_function_and_gemm_once():
+def test_float32_step_compiles_as_one_function_and_gemm_once(tmp_path, monkeypatch):
     """What keeps a cold compile short: in a float32 step every kernel (fused reductions
     included) is inlined into the one cached driver, and every product goes through
     one compiled gemm signature (plain bool flags, float64 scalars), never one copy per
@@ -108,6 +108,7 @@ def test_float32_step_compiles_as_one_function_and_gemm_once():
     from numba import types
 
     from graphc.codegen import blas
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))   # the driver is compiled here
     gc.manual_seed(0)
     net = gc.nn.Sequential(gc.nn.Linear(6, 5), gc.nn.ReLU(), gc.nn.Linear(5, 3))
     m = gc.compile(net, input_shape=(None, 6), loss="cross_entropy",
