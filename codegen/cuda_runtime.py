@@ -67,7 +67,8 @@ def _quiet_small_grid_warnings():
     # result in GPU under-utilization" on every such launch (seen: hundreds per training
     # run on an H100), which buries real warnings.
     import warnings
-    warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU "
+    # (the message may start with a terminal bold code: match anywhere in it)
+    warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU "
                             r"under-utilization")
 
 

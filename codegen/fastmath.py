@@ -18,12 +18,14 @@ range, checked by tests/test_fastmath.py:
 ``fsoftplus32``    rel. error <= 1e-6 (``max(x, 0) + log1p(exp(-|x|))``)
 =================  =====================================================================
 
-(Measured maxima: 8e-8, 1.1e-7, 2e-7, 2.7e-7, 2.2e-7, 4.3e-7.) The last three share
-``t = exp(-|x|)``, its ``expm1`` and one division giving ``1 / (1 + t)`` and
-``1 / (1 + t*t)``, so a fused loop using several of them on one input computes those
-once (LLVM value-numbers the inlined copies; every select is branch-free for that).
-Loops of this kind are bound by multiply/FMA throughput, so the exp and softplus's log
-use polynomials fitted here one degree (exp) and three degrees (log) lower than Cephes'.
+(Measured maxima: 8e-8, 1.1e-7, 2e-7, 3.2e-7, 3.1e-7, 3.2e-7.) The last three share
+``t = exp(-|x|)``, its ``expm1`` and one division giving ``1 / (1 + t)``,
+``1 / (1 + t*t)`` and ``1 / (2 + t)``, so a fused loop using several of them on one input
+computes those once (LLVM value-numbers the inlined copies; every select is branch-free
+for that). Loops of this kind are bound by floating-point instructions and their
+dependent chains, so the exp uses a polynomial fitted here one degree lower than
+Cephes', and softplus's log1p is ``2 atanh(t / (2 + t))`` (a degree-4 polynomial, no
+range reduction).
 
 MAX_REL_ERROR (5e-6) is the bound the code generator promises; nan in gives nan out.
 The bounds hold with or without the LLVM fast-math flags that generated float32 loops
@@ -145,13 +147,10 @@ _LOG2E = _f32(1.44269504088896341)
 _MAGIC = _f32(12582912.0)     # 1.5 * 2**23: adding it rounds to an integer
 _LN2_HI = _f32(0.693359375)   # ln 2 split so n * _LN2_HI is exact
 _LN2_LO = _f32(-2.12194440e-4)
-# least-squares (Lawson) fits in float64 on |r| <= ln2/2 and f in [sqrt(1/2)-1, sqrt(2)-1]
+# least-squares (Lawson) fit in float64 of e**r on |r| <= ln2/2
 _X0, _X1, _X2 = _f32(0.4999999345258092), _f32(0.16666520682245634), _f32(0.0416683871178541)
 _X3, _X4 = _f32(0.00836871053033148), _f32(0.001381462822054336)
-_P0, _P1, _P2 = _f32(0.33334245557354136), _f32(-0.24983265158435414), _f32(0.19924512050332394)
-_P3, _P4, _P5 = _f32(-0.17137169555727), _f32(0.1602430325120428), _f32(-0.10191460614556258)
 _SQRTHF = _f32(0.707106781186547524)
-_SQRT2 = _f32(1.41421356237309505)
 _L0, _L1, _L2 = _f32(7.0376836292e-2), _f32(-1.1514610310e-1), _f32(1.1676998740e-1)
 _L3, _L4, _L5 = _f32(-1.2420140846e-1), _f32(1.4249322787e-1), _f32(-1.6668057665e-1)
 _L6, _L7, _L8 = _f32(2.0000714765e-1), _f32(-2.4999993993e-1), _f32(3.3333331174e-1)
@@ -160,6 +159,9 @@ _TWO25 = _f32(33554432.0)     # 2**25 lifts a denormal into the normal range
 _TWO24 = _f32(16777216.0)
 _E25 = _f32(25.0)
 _SIXTY_FOUR = _f32(64.0)
+# log1p(t) = 2 s P(s*s), s = t / (2 + t): P fitted on s*s in [0, 1/9] (Lawson, float64)
+_A0, _A1, _A2 = _f32(1.0000000039605033), _f32(0.333331573415218), _f32(0.2001245511711738)
+_A3, _A4 = _f32(0.1398030172231074), _f32(0.14089165898921036)
 _TWO_M64 = _f32(2.0 ** -64)
 
 
@@ -229,45 +231,37 @@ def flog1p32(u):
     return _where(u < _INF, res, u)
 
 
-# sigmoid, tanh and softplus are all written around the same t = e**-|x| and 1 / (1 + t)
-# so that, inlined into one fused loop, LLVM's value numbering computes them once: the
-# elementwise chain sigmoid(x)*tanh(x) + relu(x) - softplus(x) with its gradient then costs
-# one exp, one log polynomial and two divides per element instead of three exps, a log
-# and four divides (measured: benchmarks/bench.py, chain row).
+# sigmoid, tanh and softplus are all written around the same t = e**-|x| and one
+# division, so that, inlined into one fused loop, LLVM's value numbering computes them
+# once: the elementwise chain sigmoid(x)*tanh(x) + relu(x) - softplus(x) with its
+# gradient costs one exp, one short polynomial and one divide per element instead of
+# three exps, a log and four divides. Such loops are bound by floating-point
+# instructions, so nan needs no select of its own: it flows through every formula.
 @njit(**_FLAGS)
 def _scale_neg_abs(x):
-    """(p1, s) with e**-|x| = s * (1 + p1), s = 2**n.
+    """(p1, s) with e**-|x| = s * (1 + p1), s = 2**n, |p1| < 0.42; nan gives p1 = nan.
 
     n lies in [-150, 0] here, so s is made as 2**(n + 64) * 2**-64: exact, denormal or
-    zero where it must be, with one pow2 instead of fexp32's two halves (this is ~15%
-    of the elementwise chain's instructions)."""
-    n, p1 = _exp_core(-abs(x))
-    return p1, _pow2(n + _SIXTY_FOUR) * _TWO_M64
+    zero where it must be, with one pow2 instead of fexp32's two halves. n comes from a
+    copy of the argument with nan replaced (LLVM's fptosi of nan is undefined), p1 from
+    one where nan stays."""
+    y = -abs(x)
+    y_n = _where(y > _EXP_LO, y, _EXP_LO)
+    y_r = _where(y < _EXP_LO, _EXP_LO, y)
+    n = (y_n * _LOG2E + _MAGIC) - _MAGIC
+    r = y_r - n * _LN2_HI
+    r = r - n * _LN2_LO
+    z = r * r
+    q = (_X4 * z + (_X3 * r + _X2)) * z + (_X1 * r + _X0)
+    return q * z + r, _pow2(n + _SIXTY_FOUR) * _TWO_M64
 
 
 @njit(**_FLAGS)
 def _exp_neg_abs(x):
-    """e**-|x| in (0, 1]; nan stays nan. A denormal result is rounded once (the product
-    s * (1 + p1) with s exact)."""
+    """e**-|x| in [0, 1]; nan stays nan. A denormal result is rounded once (one FMA
+    with s exact)."""
     p1, s = _scale_neg_abs(x)
-    return _where(x == x, p1 * s + s, x)
-
-
-@njit(**_FLAGS)
-def _log_1_2(w):
-    """log(w) for w in [1, 2] (flog32 without the range handling; nan stays nan), with a
-    degree-5 polynomial (rel. error 3e-7 before rounding) instead of Cephes' degree 8:
-    3 FMAs fewer. The sum is grouped so that everything but the polynomial is ready
-    when it is: loops around this are bound by latency (the FP scheduler holds about
-    one iteration), so the dependent chain is what costs."""
-    hi = w > _SQRT2
-    f = _where(hi, (w * _HALF - _ONE), (w - _ONE))
-    e = _where(hi, _ONE, _ZERO)
-    z = f * f
-    fz = f * z
-    rest = (e * _LN2_HI + f) + (e * _LN2_LO - _HALF * z)
-    poly = (_P5 * f + _P4) * (z * z) + ((_P3 * f + _P2) * z + (_P1 * f + _P0))
-    return poly * fz + rest
+    return p1 * s + s
 
 
 @njit(**_FLAGS)
@@ -279,14 +273,17 @@ def _expm1_neg_abs(x):
 
 
 @njit(**_FLAGS)
-def _recip_pair(x):
-    """(1 / (1 + t), 1 / (1 + t*t)) for t = e**-|x|, with one division: divides are the
-    slowest vector instructions, and sigmoid and tanh each need one of these."""
+def _reciprocals(x):
+    """(1 / (1 + t), 1 / (1 + t*t), 1 / (2 + t)) for t = e**-|x|, from one division:
+    divides are the slowest vector instructions; sigmoid, tanh and softplus each need
+    one of these (rounding: 2.5 units at most)."""
     t = _exp_neg_abs(x)
     u = _ONE + t
     v = _ONE + t * t
-    q = _ONE / (u * v)
-    return q * v, q * u
+    d = _TWO + t
+    uv = u * v
+    q = _ONE / (uv * d)
+    return q * (v * d), q * (u * d), q * uv
 
 
 @njit(**_FLAGS)
@@ -294,30 +291,33 @@ def ftanh32(x):
     """tanh in float32: (1 - t*t) / (1 + t*t) with t = e**-|x|, 1 - t*t taken as
     -expm1(-|x|) * (1 + t) (accurate near 0, where 1 - t*t would cancel); sign of x."""
     t = _exp_neg_abs(x)
-    r_u, r_v = _recip_pair(x)
-    res = _copysign(-_expm1_neg_abs(x) * (_ONE + t) * r_v, x)
-    return _where(x == x, res, x)
+    r_u, r_v, r_d = _reciprocals(x)
+    return _copysign(-_expm1_neg_abs(x) * (_ONE + t) * r_v, x)
 
 
 @njit(**_FLAGS)
 def fsigmoid32(x):
     """1 / (1 + e**-x) in float32 with one exp of -|x| (no overflow either side)."""
     t = _exp_neg_abs(x)
-    r_u, r_v = _recip_pair(x)
+    r_u, r_v, r_d = _reciprocals(x)
     return r_u * _where(x >= _ZERO, _ONE, t)
 
 
 @njit(**_FLAGS)
 def fsoftplus32(x):
-    """log(1 + e**x) in float32 as max(x, 0) + log1p(t), t = e**-|x| in (0, 1].
+    """log(1 + e**x) in float32 as max(x, 0) + log1p(t), t = e**-|x| in [0, 1].
 
-    log1p(t) = log(w) + (t - (w - 1)) / w with w = 1 + t rounded: the second term puts
-    back what rounding w lost, and 1 / w is the sigmoid's reciprocal (shared).
+    log1p(t) = 2 atanh(s) = 2 s P(s*s) with s = t / (2 + t) in [0, 1/3]: no
+    cancellation for small t (s is t / 2 to rounding), 1 / (2 + t) comes from the shared
+    division, and P is a degree-4 polynomial fitted here (rel. error 4e-9 before
+    rounding) instead of a log's range reduction and degree-8 polynomial.
     """
     t = _exp_neg_abs(x)
-    w = _ONE + t
-    r_u, r_v = _recip_pair(x)
-    return _where(x > _ZERO, x, _ZERO) + (_log_1_2(w) + (t - (w - _ONE)) * r_u)
+    r_u, r_v, r_d = _reciprocals(x)
+    s = t * r_d
+    y = s * s
+    p = (_A0 + _A1 * y) + (y * y) * (_A2 + _A3 * y + _A4 * (y * y))
+    return _where(x > _ZERO, x, _ZERO) + (s + s) * p
 
 
 # --------------------------------------------------------------- code generator hook
