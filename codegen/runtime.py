@@ -75,7 +75,7 @@ class Executable:
         # large elementwise graphs run in row chunks on every core (codegen/parallel.py)
         self.threads = thread_count()
         self.split_plan = row_split_plan(graph, schedule) if self.threads > 1 else None
-        self._chunk_args: dict = {}   # batch -> (bounds, per-chunk buffer arguments)
+        self._chunk_args: dict = {}   # batch -> (buffers, bounds, per-chunk arguments)
         self.last_chunks: list = []   # row ranges of the last call; [] when not split
 
     @property
@@ -200,12 +200,12 @@ class Executable:
         """(row ranges, buffer arguments per chunk) for this batch size, built once; None
         when the work is too small to be worth waking threads for."""
         hit = self._chunk_args.get(batch)
-        if hit is None:
+        if hit is None or hit[0] is not bufs:   # (new buffers after an eviction: rebuild)
             plan = self.split_plan
             rows = plan.rows if plan.rows is not None else batch
             chunks = min(self.threads, rows * plan.row_size // MIN_CHUNK_ELEMENTS)
             if chunks < 2:
-                hit = (None, None)
+                hit = (bufs, None, None)
             else:
                 bounds = chunk_bounds(rows, plan.row_size, chunks)
                 n_in = len(self.input_names)
@@ -215,11 +215,11 @@ class Executable:
                     per_chunk.append([b[lo:hi] if j in sliced
                                       else (np.empty_like(b) if c and j in plan.private else b)
                                       for j, b in enumerate(bufs)])
-                hit = (bounds, per_chunk)
+                hit = (bufs, bounds, per_chunk)
             self._chunk_args[batch] = hit
             while len(self._chunk_args) > MAX_BATCH_SIZES:
                 self._chunk_args.pop(next(iter(self._chunk_args)))
-        return None if hit[0] is None else hit
+        return None if hit[1] is None else hit[1:]
 
     def _run_in_chunks(self, arrays, bufs, chunks):
         bounds, per_chunk = chunks

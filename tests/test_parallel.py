@@ -111,3 +111,21 @@ def test_chunk_bounds_cover_rows_on_cache_lines(rows, row_size, chunks):
     assert b[0][0] == 0 and b[-1][1] == rows and len(b) <= chunks
     assert all(hi == lo2 for (_, hi), (lo2, _) in zip(b, b[1:]))
     assert all((lo * row_size) % 64 == 0 for lo, _ in b)
+
+
+def test_chunk_views_follow_reallocated_buffers(two_threads, monkeypatch):
+    """Buffer sets are dropped least-recently-used; chunk views of a dropped set must not
+    be reused when that batch size comes back with new buffers."""
+    from graphc.codegen import runtime
+    monkeypatch.setattr(runtime, "MAX_BATCH_SIZES", 2)
+    g = _batch_graph()
+    exe = compile_graph(g)
+    rng = np.random.default_rng(3)
+    base = ROWS // 4
+    sizes = [base, base + 64, base, base + 128, base + 64]   # the last one was evicted
+    for n in sizes:
+        x, y = rng.standard_normal((n, 4)), rng.standard_normal((n, 4))
+        out = exe.run({"x": x, "y": y})
+        assert len(exe.last_chunks) == 2
+        np.testing.assert_allclose(out[0], np.exp(x) * y, rtol=1e-12)
+        assert float(out[1]) == pytest.approx(float((np.exp(x) * y).sum()), rel=1e-9)
