@@ -24,6 +24,9 @@ import numpy as np
 
 import graphc as gc
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved_medians  # noqa: E402
+
 LR = 0.01
 
 
@@ -36,25 +39,6 @@ def median_time(fn, reps, warmup=3):
         fn()
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
-
-
-def interleaved_medians(fns: dict, reps: int, rounds: int = 5, warmup: int = 2) -> dict:
-    """Median seconds per call of each function, measured in ``rounds`` alternating
-    rounds of ``reps // rounds`` calls each: on a shared machine the load drifts over a
-    minute, and alternating lets every implementation see the same drift (the ratios
-    are then fair even when the absolute times move)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    per_round = max(reps // rounds, 1)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(per_round):
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 # ---------------------------------------------------------------- environment

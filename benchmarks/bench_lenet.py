@@ -15,11 +15,15 @@ line says which setting was used.
 """
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
 
 import graphc as gc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved_medians  # noqa: E402
 
 F = gc.nn.functional
 
@@ -42,29 +46,19 @@ class LeNet(gc.nn.Module):
         return self.fc3(x)
 
 
-def _median_ms(step, warmup, repeat):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
-def bench_graphc(x, y, fuse, dtype, warmup, repeat):
+def make_graphc(x, y, fuse, dtype):
+    """(step, build s) of graphc's compiled training step."""
     gc.manual_seed(0)
     t0 = time.perf_counter()
     m = gc.compile(LeNet(), input_shape=(None, 1, 28, 28), loss="cross_entropy",
                    optimizer=gc.optim.SGD(lr=0.01, momentum=0.9), fuse=fuse, dtype=dtype)
     m.train_step(x, y)
     compile_s = time.perf_counter() - t0
-    return _median_ms(lambda: m.train_step(x, y), warmup, repeat), compile_s
+    return (lambda: m.train_step(x, y)), compile_s
 
 
-def bench_torch(x, y, warmup, repeat):
-    """(median ms, build s) of the same step in PyTorch eager, or None."""
+def make_torch(x, y):
+    """(step, build s) of the same step in PyTorch eager, or None."""
     try:
         import torch
     except ImportError:
@@ -86,11 +80,11 @@ def bench_torch(x, y, warmup, repeat):
         opt.step()
     step()
     build_s = time.perf_counter() - t0
-    return _median_ms(step, warmup, repeat), build_s
+    return step, build_s
 
 
-def bench_jax(x, y, warmup, repeat):
-    """(median ms, build s) of the same step under ``jax.jit`` (value_and_grad + SGD with
+def make_jax(x, y):
+    """(step, build s) of the same step under ``jax.jit`` (value_and_grad + SGD with
     momentum, conv via ``lax.conv_general_dilated``, pool via ``lax.reduce_window``), or
     None if JAX is not installed."""
     try:
@@ -147,7 +141,7 @@ def bench_jax(x, y, warmup, repeat):
         state[0], state[1] = p, m
     step()
     build_s = time.perf_counter() - t0
-    return _median_ms(step, warmup, repeat), build_s
+    return step, build_s
 
 
 def lenet_rows(batch=64, repeat=50, warmup=5, dtype="float32"):
@@ -162,15 +156,17 @@ def lenet_rows(batch=64, repeat=50, warmup=5, dtype="float32"):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 1, 28, 28)).astype(dtype)
     y = rng.integers(0, 10, batch)
-    rows = []
-    for name, fuse in (("graphc fused", True), ("graphc unfused", False)):
-        ms, build_s = bench_graphc(x, y, fuse, dtype, warmup, repeat)
-        rows.append((name, ms / 1e3, build_s))
-    for name, bench in (("PyTorch eager", bench_torch), ("JAX jit", bench_jax)):
-        got = bench(x, y, warmup, repeat)
+    makers = [("graphc fused", lambda: make_graphc(x, y, True, dtype)),
+              ("graphc unfused", lambda: make_graphc(x, y, False, dtype)),
+              ("PyTorch eager", lambda: make_torch(x, y)), ("JAX jit", lambda: make_jax(x, y))]
+    steps, builds = {}, {}
+    for name, make in makers:
+        got = make()
         if got is not None:
-            rows.append((name, got[0] / 1e3, got[1]))
-    return rows
+            steps[name], builds[name] = got
+    # all built first, then timed in alternating rounds (load drift hits all alike)
+    medians = interleaved_medians(steps, repeat, rounds=5, warmup=warmup)
+    return [(name, medians[name], builds[name]) for name in steps]
 
 
 def main():
@@ -181,7 +177,8 @@ def main():
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     rows = lenet_rows(args.batch, args.repeat, args.warmup, args.dtype)
-    print(f"LeNet train step, batch {args.batch}, {args.dtype}, median of {args.repeat} "
+    print(f"LeNet train step, batch {args.batch}, {args.dtype}, median of {args.repeat} in "
+          f"alternating rounds "
           f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')})")
     ref = rows[0][1]
     for name, sec, build_s in rows:

@@ -1,0 +1,22 @@
+"""Timing helpers shared by the benchmark scripts."""
+import statistics
+import time
+
+
+def interleaved_medians(fns: dict, reps: int, rounds: int = 5, warmup: int = 2) -> dict:
+    """Median seconds per call of each function, measured in ``rounds`` alternating
+    rounds of ``reps // rounds`` calls each: on a shared machine the load drifts over a
+    minute, and alternating lets every implementation see the same drift (the ratios
+    are then fair even when the absolute times move)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    per_round = max(reps // rounds, 1)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
