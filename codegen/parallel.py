@@ -112,7 +112,8 @@ def row_split_plan(graph, schedule) -> RowSplitPlan | None:
     for nid in graph.topo_order():
         if graph.type_of(nid).rank or any(a in row_dependent for a in graph.args_of(nid)):
             row_dependent.add(nid)
-        if graph.type_of(nid).rank == 0 and nid in row_dependent and graph.op_of(nid) not in COMBINE:
+        rank0_from_rows = graph.type_of(nid).rank == 0 and nid in row_dependent
+        if rank0_from_rows and graph.op_of(nid) not in COMBINE:
             return None
     # rank-0 inputs written in place would be updated once per chunk
     written = set(schedule.inplace.values()) | set(schedule.copy_back.values())
