@@ -152,13 +152,19 @@ def chunk_bounds(rows: int, row_size: int, chunks: int) -> list[tuple[int, int]]
 
 
 _POOL = None
+_POOL_PID = None
 _POOL_LOCK = threading.Lock()
 
 
 def worker_pool(threads: int) -> ThreadPoolExecutor:
-    """The process-wide pool of graphc worker threads (idle ones block on a queue)."""
-    global _POOL
+    """The process-wide pool of graphc worker threads (idle ones block on a queue).
+
+    A process forked after the pool was made inherits the pool object but not its
+    threads (work submitted there would wait forever), so each process makes its own.
+    """
+    global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < threads:
+        if _POOL is None or _POOL._max_workers < threads or _POOL_PID != os.getpid():
             _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="graphc")
+            _POOL_PID = os.getpid()
         return _POOL
