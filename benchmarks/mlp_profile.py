@@ -13,24 +13,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
-
-
-def _median(fn, reps):
-    for _ in range(2):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from timing import median_time  # noqa: E402
 
 
 def _flops(src, name, arrays):
@@ -63,11 +51,11 @@ def profile(batch=1024, reps=20, fuse=True):
     best = {}
     for _ in range(3):
         for name, fn, args in calls:
-            t = _median(lambda: fn(*args), reps)
+            t = median_time(lambda: fn(*args), reps, warmup=2)
             best[name] = min(best.get(name, t), t)
     rows = [(name, best[name], _flops(src, name, env)) for name, _, _ in calls]
-    t_run = _median(lambda: mod.run(*arrays, *bufs), reps)
-    t_step = _median(lambda: model.train_step(x, y), reps)
+    t_run = median_time(lambda: mod.run(*arrays, *bufs), reps, warmup=2)
+    t_step = median_time(lambda: model.train_step(x, y), reps, warmup=2)
     return rows, t_run, t_step
 
 

@@ -3,6 +3,18 @@ import statistics
 import time
 
 
+def median_time(fn, reps: int, warmup: int = 3) -> float:
+    """Median seconds per call of ``fn`` over ``reps`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
 def interleaved_medians(fns: dict, reps: int, rounds: int = 5, warmup: int = 2) -> dict:
     """Median seconds per call of each function, measured in ``rounds`` alternating
     rounds of ``reps // rounds`` calls each: on a shared machine the load drifts over a

@@ -158,9 +158,12 @@ class Emitter:
     def comment(self, nid) -> str:
         return "    # " + format_node(self.g, nid)
 
+    def params(self, k) -> list[str]:
+        """A kernel's parameter names: the values it reads, then those it stores."""
+        return [var(n) for n in k.inputs] + [var(n) for n in k.outputs]
+
     def signature(self, k):
-        params = [var(n) for n in k.inputs] + [var(n) for n in k.outputs]
-        return f"def {k.name}({', '.join(params)}):"
+        return f"def {k.name}({', '.join(self.params(k))}):"
 
 
 def scalar_expr(g, n, local: dict) -> str:

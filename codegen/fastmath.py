@@ -177,18 +177,24 @@ def _log_poly(f, z):
 
 
 @njit(**_FLAGS)
-def _exp_core(x):
-    """(n, p1) with e**x = 2**n * (1 + p1), |p1| < 0.42 (x clamped to [-104, 89])."""
-    xc = _where(x < _EXP_HI, x, _EXP_HI)      # nan goes down this path too: fixed later
-    xc = _where(xc > _EXP_LO, xc, _EXP_LO)
-    n = (xc * _LOG2E + _MAGIC) - _MAGIC
-    r = xc - n * _LN2_HI
+def _exp_p1(n, x):
+    """p1 = e**r - 1 for r = x - n * ln 2 (n = x / ln 2 rounded), |p1| < 0.42."""
+    r = x - n * _LN2_HI
     r = r - n * _LN2_LO
     z = r * r
     # e**r = 1 + r + r*r * q(r), q of degree 4 (Cephes uses 5; this fit is good to 3e-9
     # for exp, 2e-8 for expm1 near 0), by Estrin's scheme: fewer dependent FMAs
     q = (_X4 * z + (_X3 * r + _X2)) * z + (_X1 * r + _X0)
-    return n, q * z + r
+    return q * z + r
+
+
+@njit(**_FLAGS)
+def _exp_core(x):
+    """(n, p1) with e**x = 2**n * (1 + p1), |p1| < 0.42 (x clamped to [-104, 89])."""
+    xc = _where(x < _EXP_HI, x, _EXP_HI)      # nan goes down this path too: fixed later
+    xc = _where(xc > _EXP_LO, xc, _EXP_LO)
+    n = (xc * _LOG2E + _MAGIC) - _MAGIC
+    return n, _exp_p1(n, xc)
 
 
 @njit(**_FLAGS)
@@ -249,11 +255,7 @@ def _scale_neg_abs(x):
     y_n = _where(y > _EXP_LO, y, _EXP_LO)
     y_r = _where(y < _EXP_LO, _EXP_LO, y)
     n = (y_n * _LOG2E + _MAGIC) - _MAGIC
-    r = y_r - n * _LN2_HI
-    r = r - n * _LN2_LO
-    z = r * r
-    q = (_X4 * z + (_X3 * r + _X2)) * z + (_X1 * r + _X0)
-    return q * z + r, _pow2(n + _SIXTY_FOUR) * _TWO_M64
+    return _exp_p1(n, y_r), _pow2(n + _SIXTY_FOUR) * _TWO_M64
 
 
 @njit(**_FLAGS)

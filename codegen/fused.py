@@ -122,17 +122,8 @@ def emit_reduce_loop(em, k) -> list[str]:
     if suffix:
         return lines + _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src)
     lines += [em.comment(n) for n in k.nodes if n != h]
-    for r in reds:
-        init = literal(REDUCERS[g.op_of(r)][1], g.type_of(r).dtype)
-        if r in scalar_sums:
-            lines.append(f"    acc{r} = 0.0")
-        else:
-            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] = {init}")
     local = {}
-    for v in reads:
-        if not g.type_of(v).shape:
-            lines.append(f"    s{v} = {var(v)}[()]")
-            local[v] = f"s{v}"
+    lines += _reduce_prologue(g, reds, reads, scalar_sums, local)
     blocked = bool(scalar_sums) and rank >= 1
     for d in range(rank - 1 if blocked else rank):
         lines.append("    " * (d + 1) + f"for i{d} in range({var(src)}.shape[{d}]):")
@@ -147,7 +138,7 @@ def emit_reduce_loop(em, k) -> list[str]:
         # (the elementwise chain's loop: 109 -> 81 instructions per 8 elements).
         last, outer = rank - 1, "    " * rank
         name = f"{k.name}_block"
-        params = em.signature(k)[len(f"def {k.name}("):-2].split(", ")
+        params = em.params(k)
         # the kernel's arrays, a head's result, scalars read once, the outer indices
         params += [var(v) for v in reads if v not in local and var(v) not in params]
         params += [local[v] for v in reads if v in local] + names[:last] + ["lo", "hi"]
@@ -263,6 +254,24 @@ def _out_ref(g, r, rank, names):
     return f"{var(r)}[{', '.join(idx) if idx else '()'}]"
 
 
+def _reduce_prologue(g, reds, reads, scalar_sums, local) -> list[str]:
+    """Before a reduce loop: each reduction's initial value (a float64 local ``acc`` for
+    whole-tensor sums in ``scalar_sums``, else its output array), and each rank-0 operand
+    read once into a local (recorded in ``local``)."""
+    lines = []
+    for r in reds:
+        if r in scalar_sums:
+            lines.append(f"    acc{r} = 0.0")
+        else:
+            init = literal(REDUCERS[g.op_of(r)][1], g.type_of(r).dtype)
+            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] = {init}")
+    for v in reads:
+        if not g.type_of(v).shape:
+            lines.append(f"    s{v} = {var(v)}[()]")
+            local[v] = f"s{v}"
+    return lines
+
+
 def _loop_body(g, reads, elems, stored, ref, local, ind) -> list[str]:
     """Innermost-loop lines of a reduce loop: load the operands not yet in ``local``,
     compute the elementwise nodes, store those read outside the kernel."""
@@ -339,14 +348,8 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
             return run_ref(var(v), shape, iter_shape, names, s, "iu")
         return f"{var(v)}[{_index(shape, iter_shape, names)}]" if shape else f"{var(v)}[()]"
 
-    for r in reds:
-        init = literal(REDUCERS[g.op_of(r)][1], g.type_of(r).dtype)
-        lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] = {init}")
     local = {}
-    for v in reads:
-        if not g.type_of(v).shape:
-            lines.append(f"    s{v} = {var(v)}[()]")
-            local[v] = f"s{v}"
+    lines += _reduce_prologue(g, reds, reads, (), local)
     ind = "    "
     for d in range(s):
         lines.append(f"{ind}for i{d} in range({var(src)}.shape[{d}]):")

@@ -75,6 +75,8 @@ class Executable:
         # large elementwise graphs run in row chunks on every core (codegen/parallel.py)
         self.threads = thread_count()
         self.split_plan = row_split_plan(graph, schedule) if self.threads > 1 else None
+        self._sliced_inputs = frozenset(  # input positions cut into rows (per call)
+            p for p in (self.split_plan.sliced if self.split_plan else ()) if p < len(graph.inputs))
         self._chunk_args: dict = {}   # batch -> (buffers, bounds, per-chunk arguments)
         self.last_chunks: list = []   # row ranges of the last call; [] when not split
 
@@ -223,8 +225,7 @@ class Executable:
 
     def _run_in_chunks(self, arrays, bufs, chunks):
         bounds, per_chunk = chunks
-        sliced_inputs = {p for p in self.split_plan.sliced if p < len(arrays)}
-        args = [[a[lo:hi] if i in sliced_inputs else a for i, a in enumerate(arrays)]
+        args = [[a[lo:hi] if i in self._sliced_inputs else a for i, a in enumerate(arrays)]
                 + per_chunk[c] for c, (lo, hi) in enumerate(bounds)]
         pool = worker_pool(len(bounds) - 1)
         pending = [pool.submit(self.module.run, *a) for a in args[1:]]
