@@ -1,7 +1,7 @@
 """graphc against NumPy (and PyTorch / JAX where installed): one command, one table.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py [--quick]
-        [--blas-threads N]
+        [--blas-threads N] [--only mlp chain lenet]
 
 Workloads (float32, medians of repeated steps after warm-up; the implementations of a
 workload are timed in alternating rounds, so load drift on a shared machine hits all):
@@ -9,8 +9,10 @@ workload are timed in alternating rounds, so load drift on a shared machine hits
   backward, update) at batch 128 and 1024; GFLOP/s against the measured sgemm peak.
 - Elementwise chain y = sigmoid(x)*tanh(x) + 0.5*relu(x) - softplus(x) on 4M floats,
   value and gradient of sum(y); GB/s over the 32 MB that must move (read x, write dy/dx)
-  against the measured copy bandwidth (the memory-traffic floor).
+  against a copy of the same 16 MB (the memory-traffic floor), timed in the same rounds.
 - LeNet (1x28x28) at batch 64 (benchmarks/bench_lenet.py): one training step.
+
+The table ends with one line per speed target of issue 8 (ratios of the medians above).
 """
 from __future__ import annotations
 
@@ -65,23 +67,24 @@ def sgemm_peak(n=2048, reps=10) -> tuple[float, float]:
     return 2 * n**3 / t_np / 1e9, 2 * n**3 / t_gc / 1e9
 
 
-def copy_bandwidth(n=4 * 2**20, reps=20) -> tuple[float, float, int]:
-    """(seconds, GB/s, threads) to read n floats and write n floats, the faster of one
-    thread and one per core (graphc runs large elementwise graphs on every core, so the
-    floor must too): the elementwise floor."""
+def copy_floor_runs(x) -> dict:
+    """{name: call} copying ``x`` (read n floats, write n floats, the chain's traffic) on
+    one thread and on one thread per core (graphc runs large elementwise graphs on every
+    core, so the floor must too). Timed in the chain's own rounds, beside the
+    implementations: measured once at start-up instead, the floor moved 0.64-1.08 ms
+    between runs here (a 16 MB copy is at the mercy of who else uses the 32 MB L3)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from graphc.codegen.parallel import chunk_bounds, thread_count
-    a = np.ones(n, np.float32)
-    b = np.empty_like(a)
-    best = (median_time(lambda: np.copyto(b, a), reps), 1)
+    out = np.empty_like(x)
+    runs = {"copy floor, 1 thread": lambda: np.copyto(out, x)}
     threads = thread_count()
     if threads > 1:
-        parts = [(b[lo:hi], a[lo:hi]) for lo, hi in chunk_bounds(n, 1, threads)]
-        with ThreadPoolExecutor(len(parts)) as pool:   # np.copyto releases the GIL
-            t = median_time(lambda: list(pool.map(lambda p: np.copyto(*p), parts)), reps)
-        best = min(best, (t, len(parts)))
-    return best[0], 2 * a.nbytes / best[0] / 1e9, best[1]
+        parts = [(out[lo:hi], x[lo:hi]) for lo, hi in chunk_bounds(x.size, 1, threads)]
+        pool = ThreadPoolExecutor(len(parts))   # np.copyto releases the GIL
+        runs[f"copy floor, {threads} threads"] = (
+            lambda: list(pool.map(lambda p: np.copyto(*p), parts)))
+    return runs
 
 
 # ---------------------------------------------------------------- MLP
@@ -274,6 +277,8 @@ def main(argv=None):
     ap.add_argument("--blas-threads", type=int, default=None,
                     help="limit BLAS threads (threadpoolctl); on a busy machine 1 avoids "
                          "OpenBLAS threads spinning while their partner is descheduled")
+    ap.add_argument("--only", nargs="+", choices=("mlp", "chain", "lenet"),
+                    default=("mlp", "chain", "lenet"), help="run only these workloads")
     args = ap.parse_args(argv)
     if args.blas_threads:
         from threadpoolctl import threadpool_limits
@@ -285,12 +290,10 @@ def main(argv=None):
     print("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" % (os.environ.get("OPENBLAS_CORETYPE"),
                                                         os.environ.get("OPENBLAS_L2_SIZE")))
     peak_np, peak = sgemm_peak()
-    floor_s, bw, bw_threads = copy_bandwidth()
     from graphc.codegen.blas import KIND
     from graphc.codegen.parallel import thread_count
     print(f"sgemm peak (2048^3): numpy np.dot {peak_np:.0f} GFLOP/s, graphc's gemm ({KIND}) "
-          f"{peak:.0f} GFLOP/s; copy bandwidth: {bw:.1f} GB/s on {bw_threads} thread(s) "
-          f"(4M-float chain floor {floor_s * 1e3:.2f} ms); graphc runs large elementwise "
+          f"{peak:.0f} GFLOP/s; graphc runs large elementwise "
           f"graphs on {thread_count()} thread(s) (GRAPHC_THREADS)")
     rows = []
 
@@ -299,6 +302,16 @@ def main(argv=None):
         rows.append((workload, impl, seconds * 1e3, items / seconds, rate))
         print(f"  {workload:22} {impl:34} {seconds * 1e3:9.3f} ms", flush=True)
 
+    if "mlp" in args.only:
+        _mlp_rows(q, add)
+    if "chain" in args.only:
+        _chain_rows(q, add)
+    if "lenet" in args.only:
+        _lenet_rows(q, add)
+    _print_table(rows, peak_np, peak)
+
+
+def _mlp_rows(q, add):
     mlp_impls = [("graphc fused", lambda: graphc_mlp(True)),
                  ("graphc unfused", lambda: graphc_mlp(False)),
                  ("numpy", numpy_mlp), ("pytorch eager", lambda: _optional(torch_mlp)),
@@ -322,6 +335,8 @@ def main(argv=None):
             add(f"MLP b{batch}", name + (f" (build {mlp_build[name]:.1f}s)" if batch == 128
                                          else ""), s, batch, mlp_flops(batch), "GFLOP/s")
 
+
+def _chain_rows(q, add):
     x = np.random.default_rng(1).standard_normal(CHAIN_N).astype(np.float32)
     chain_impls = [("graphc fused", lambda: chain_graphc(x, True, False)),
                    ("graphc fused, copies out", lambda: chain_graphc(x, True, True)),
@@ -330,6 +345,7 @@ def main(argv=None):
                    ("pytorch eager", lambda: _optional(lambda: chain_torch(x))),
                    ("pytorch compile", lambda: _optional(lambda: chain_torch_compile(x))),
                    ("jax jit", lambda: _optional(lambda: chain_jax(x)))]
+    chain_impls += [(name, lambda run=run: run) for name, run in copy_floor_runs(x).items()]
     chain_runs, chain_build = {}, {}
     for name, make in chain_impls:
         t = time.perf_counter()
@@ -338,10 +354,15 @@ def main(argv=None):
             continue
         run()   # compiles (graphc, torch.compile, jax.jit): timed here, not in the steps
         chain_runs[name], chain_build[name] = run, time.perf_counter() - t
-    for name, s in interleaved_medians(chain_runs, max(int(20 * q), 5)).items():
+    # the chain's implementations disturb each other most (16 MB arrays; PyTorch's and
+    # JAX's worker threads): more calls per round, two of them untimed
+    for name, s in interleaved_medians(chain_runs, max(int(40 * q), 5),
+                                       round_warmup=2).items():
         add("chain 4M fwd+bwd", f"{name} (build {chain_build[name]:.1f}s)", s, CHAIN_N,
             2 * x.nbytes, "GB/s")
 
+
+def _lenet_rows(q, add):
     # LeNet (1x28x28, batch 64): the rows of benchmarks/bench_lenet.py, same process
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_lenet import lenet_rows
@@ -349,15 +370,45 @@ def main(argv=None):
         label = {"PyTorch eager": "pytorch eager", "JAX jit": "jax jit"}.get(name, name)
         add("LeNet b64", f"{label} (build {build:.1f}s)", s, 64, 0.0, "")
 
+
+def _print_table(rows, peak_np, peak):
     print()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
           f"(timings are only comparable on an otherwise idle machine)")
     print(f"{'workload':20} {'implementation':34} {'ms/step':>10} {'samples/s':>12} {'rate':>16}")
     for w, impl, ms, sps, rate in rows:
         print(f"{w:20} {impl:34} {ms:10.3f} {sps:12.0f} {rate:>16}")
-    print(f"\nsgemm peak {peak_np:.0f} (numpy) / {peak:.0f} (graphc gemm) GFLOP/s; "
-          f"memory floor for the chain {floor_s * 1e3:.2f} ms "
-          f"({bw:.1f} GB/s)")
+    print(f"\nsgemm peak {peak_np:.0f} (numpy) / {peak:.0f} (graphc gemm) GFLOP/s")
+    print("\nissue 8 targets (ratios of medians from the rounds above):")
+    for line in target_lines(rows, peak_np):
+        print("  " + line)
+
+
+def target_lines(rows, peak_np) -> list[str]:
+    """One line per speed target: the measured ratio, the target, met or missed."""
+    ms = {(w, impl.split(" (build")[0]): t for w, impl, t, _, _ in rows}
+    lines = []
+
+    def ratio(workload, slow, fast, target):
+        if (workload, slow) in ms and (workload, fast) in ms:
+            r = ms[workload, slow] / ms[workload, fast]
+            lines.append(f"{workload}: graphc fused {r:.2f}x faster than {slow} "
+                         f"(target >= {target}x): {'met' if r >= target else 'MISSED'}")
+    ratio("MLP b128", "jax jit", "graphc fused", 1.2)
+    ratio("MLP b1024", "jax jit", "graphc fused", 1.1)
+    if ("MLP b1024", "graphc fused") in ms:
+        share = mlp_flops(1024) / (ms["MLP b1024", "graphc fused"] / 1e3) / 1e9 / peak_np
+        lines.append(f"MLP b1024: graphc fused at {share:.0%} of the numpy sgemm peak "
+                     f"(target >= 85%): {'met' if share >= 0.85 else 'MISSED'}")
+    ratio("LeNet b64", "pytorch eager", "graphc fused", 1.3)
+    ratio("chain 4M fwd+bwd", "pytorch compile", "graphc fused", 4.0)
+    floors = [t for (w, impl), t in ms.items() if w == "chain 4M fwd+bwd"
+              and impl.startswith("copy floor")]
+    if floors and ("chain 4M fwd+bwd", "graphc fused") in ms:
+        r = ms["chain 4M fwd+bwd", "graphc fused"] / min(floors)
+        lines.append(f"chain 4M fwd+bwd: graphc fused {r:.2f}x the copy floor "
+                     f"({min(floors):.3f} ms; target <= 2x): {'met' if r <= 2 else 'MISSED'}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""The benchmark scripts' own arithmetic: timing rounds and the issue-8 target lines."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
+
+
+def test_interleaved_medians_times_only_steady_calls():
+    calls = {"a": [], "b": []}
+    order = []
+
+    def make(name):
+        def fn():
+            calls[name].append(len(order))
+            order.append(name)
+        return fn
+    medians = interleaved_medians({"a": make("a"), "b": make("b")}, reps=6, rounds=3,
+                                  warmup=2, round_warmup=1)
+    assert set(medians) == {"a", "b"}
+    # 2 initial warm-up calls each, then 3 rounds of (1 untimed + 2 timed) each
+    assert len(calls["a"]) == len(calls["b"]) == 2 + 3 * 3
+    # rounds alternate: a's three calls, then b's three
+    assert order[4:10] == ["a"] * 3 + ["b"] * 3
+
+
+def test_target_lines_compute_ratios_from_rows():
+    # rows as bench.add makes them: (workload, implementation, ms, samples/s, rate)
+    rows = [("MLP b1024", "graphc fused (build 1.0s)", 8.0, 0, ""),
+            ("MLP b1024", "jax jit", 10.0, 0, ""),
+            ("chain 4M fwd+bwd", "graphc fused (build 0.1s)", 3.0, 0, ""),
+            ("chain 4M fwd+bwd", "pytorch compile (build 2s)", 9.0, 0, ""),
+            ("chain 4M fwd+bwd", "copy floor, 1 thread (build 0.0s)", 2.0, 0, ""),
+            ("chain 4M fwd+bwd", "copy floor, 2 threads (build 0.0s)", 1.0, 0, "")]
+    peak = bench.mlp_flops(1024) / 8e-3 / 1e9 / 0.9      # graphc at 90% of this peak
+    lines = bench.target_lines(rows, peak)
+    assert "MLP b1024: graphc fused 1.25x faster than jax jit (target >= 1.1x): met" in lines
+    assert "MLP b1024: graphc fused at 90% of the numpy sgemm peak (target >= 85%): met" in lines
+    assert ("chain 4M fwd+bwd: graphc fused 3.00x faster than pytorch compile "
+            "(target >= 4.0x): MISSED") in lines
+    # the floor is the faster copy
+    assert ("chain 4M fwd+bwd: graphc fused 3.00x the copy floor (1.000 ms; target <= 2x): "
+            "MISSED") in lines
+    assert not any("LeNet" in line or "b128" in line for line in lines)
