@@ -55,12 +55,12 @@ PEAK_N = 2048
 PEAK_ROW = f"np.dot {PEAK_N}^3 (sgemm peak)"
 
 
-def sgemm_peak_run(n=PEAK_N):
-    """A call of NumPy's np.dot on n x n float32 (the sgemm peak), for timing in the MLP's
-    rounds beside the steps it is the yardstick for."""
+def sgemm_peak_run(n=PEAK_N, gemm=np.dot):
+    """A call of ``gemm(a, b, out)`` on n x n float32 (NumPy's np.dot: the sgemm peak),
+    for timing in the MLP's rounds beside the steps it is the yardstick for."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b, c = a.copy(), np.empty_like(a)
-    return lambda: np.dot(a, b, out=c)
+    return lambda: gemm(a, b, c)
 
 
 def sgemm_peak(n=PEAK_N, reps=10) -> tuple[float, float]:
@@ -72,10 +72,8 @@ def sgemm_peak(n=PEAK_N, reps=10) -> tuple[float, float]:
     @njit
     def graphc_gemm(a, b, c):
         gemm(a, b, c, False, False, 1.0, 0.0)
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    b, c = a.copy(), np.empty_like(a)
-    t_np = median_time(lambda: np.dot(a, b, out=c), reps)
-    t_gc = median_time(lambda: graphc_gemm(a, b, c), reps)
+    t_np = median_time(sgemm_peak_run(n), reps)
+    t_gc = median_time(sgemm_peak_run(n, graphc_gemm), reps)
     return 2 * n**3 / t_np / 1e9, 2 * n**3 / t_gc / 1e9
 
 
