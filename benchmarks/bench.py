@@ -9,7 +9,8 @@ workload are timed in alternating rounds, so load drift on a shared machine hits
   backward, update) at batch 128 and 1024; GFLOP/s against the measured sgemm peak.
 - Elementwise chain y = sigmoid(x)*tanh(x) + 0.5*relu(x) - softplus(x) on 4M floats,
   value and gradient of sum(y); GB/s over the 32 MB that must move (read x, write dy/dx)
-  against a copy of the same 16 MB (the memory-traffic floor), timed in the same rounds.
+  against a copy of the same 16 MB (the memory-traffic floor), timed in the same rounds;
+  the target line holds graphc against the fastest copy call of the run.
 - LeNet (1x28x28) at batch 64 (benchmarks/bench_lenet.py): one training step.
 
 The table ends with one line per speed target of issue 8 (ratios of the medians above).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -26,7 +28,7 @@ import numpy as np
 import graphc as gc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import interleaved_medians, median_time  # noqa: E402
+from timing import interleaved_medians, interleaved_times, median_time  # noqa: E402
 
 LR = 0.01
 
@@ -51,6 +53,7 @@ def blas_info() -> str:
     return "\n  ".join(rows) or "no BLAS found by threadpoolctl"
 
 
+FASTEST_COPY = "copy floor, fastest call"
 PEAK_N = 2048
 PEAK_ROW = f"np.dot {PEAK_N}^3 (sgemm peak)"
 
@@ -373,10 +376,14 @@ def _chain_rows(q, add):
         chain_runs[name], chain_build[name] = run, time.perf_counter() - t
     # the chain's implementations disturb each other most (16 MB arrays; PyTorch's and
     # JAX's worker threads): more calls per round, two of them untimed
-    for name, s in interleaved_medians(chain_runs, max(int(40 * q), 5),
-                                       round_warmup=2).items():
-        add("chain 4M fwd+bwd", f"{name} (build {chain_build[name]:.1f}s)", s, CHAIN_N,
-            2 * x.nbytes, "GB/s")
+    times = interleaved_times(chain_runs, max(int(40 * q), 5), round_warmup=2)
+    for name, ts in times.items():
+        add("chain 4M fwd+bwd", f"{name} (build {chain_build[name]:.1f}s)",
+            statistics.median(ts), CHAIN_N, 2 * x.nbytes, "GB/s")
+    # the floor's median moves with the neighbours' memory traffic (0.7-1.9 ms here), so
+    # the fastest copy of the run is reported too: what the hardware can do
+    fastest = min(min(ts) for name, ts in times.items() if name.startswith("copy floor"))
+    add("chain 4M fwd+bwd", FASTEST_COPY, fastest, CHAIN_N, 2 * x.nbytes, "GB/s")
 
 
 def _lenet_rows(q, add):
@@ -425,11 +432,15 @@ def target_lines(rows, peak_np) -> list[str]:
     ratio("LeNet b64", "pytorch eager", "graphc fused", 1.3)
     ratio("chain 4M fwd+bwd", "pytorch compile", "graphc fused", 4.0)
     floors = [t for (w, impl), t in ms.items() if w == "chain 4M fwd+bwd"
-              and impl.startswith("copy floor")]
-    if floors and ("chain 4M fwd+bwd", "graphc fused") in ms:
-        r = ms["chain 4M fwd+bwd", "graphc fused"] / min(floors)
-        lines.append(f"chain 4M fwd+bwd: graphc fused {r:.2f}x the copy floor "
-                     f"({min(floors):.3f} ms; target <= 2x): {'met' if r <= 2 else 'MISSED'}")
+              and impl.startswith("copy floor") and impl != FASTEST_COPY]
+    chain = ms.get(("chain 4M fwd+bwd", "graphc fused"))
+    if floors and chain:
+        # met only against the fastest copy: a floor slowed by other traffic is no floor
+        best = ms.get(("chain 4M fwd+bwd", FASTEST_COPY), min(floors))
+        r_med, r_best = chain / min(floors), chain / best
+        lines.append(f"chain 4M fwd+bwd: graphc fused {r_best:.2f}x the fastest copy "
+                     f"({best:.3f} ms; {r_med:.2f}x the copy's median, {min(floors):.3f} ms; "
+                     f"target <= 2x): {'met' if r_best <= 2 else 'MISSED'}")
     return lines
 
 

@@ -15,12 +15,12 @@ def median_time(fn, reps: int, warmup: int = 3) -> float:
     return statistics.median(ts)
 
 
-def interleaved_medians(fns: dict, reps: int, rounds: int = 5, warmup: int = 2,
-                        round_warmup: int = 1) -> dict:
-    """Median seconds per call of each function, measured in ``rounds`` alternating
-    rounds of ``reps // rounds`` calls each: on a shared machine the load drifts over a
-    minute, and alternating lets every implementation see the same drift (the ratios
-    are then fair even when the absolute times move).
+def interleaved_times(fns: dict, reps: int, rounds: int = 5, warmup: int = 2,
+                      round_warmup: int = 1) -> dict:
+    """Seconds of every timed call of each function ({name: [s, ...]}), measured in
+    ``rounds`` alternating rounds of ``reps // rounds`` calls each: on a shared machine the
+    load drifts over a minute, and alternating lets every implementation see the same
+    drift (the ratios are then fair even when the absolute times move).
 
     Each round starts with ``round_warmup`` untimed calls: the first call after a switch
     pays for its predecessor (caches refilled with its own data, the previous library's
@@ -40,4 +40,11 @@ def interleaved_medians(fns: dict, reps: int, rounds: int = 5, warmup: int = 2,
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
+    return times
+
+
+def interleaved_medians(fns: dict, reps: int, rounds: int = 5, warmup: int = 2,
+                        round_warmup: int = 1) -> dict:
+    """Median seconds per call of each function over :func:`interleaved_times`."""
+    times = interleaved_times(fns, reps, rounds, warmup, round_warmup)
     return {name: statistics.median(ts) for name, ts in times.items()}
