@@ -426,7 +426,7 @@ def target_lines(rows, peak_np) -> list[str]:
             peak_np = 2 * PEAK_N**3 / (ms["MLP b1024", PEAK_ROW] / 1e3) / 1e9
             where = "in the rounds"
         share = mlp_flops(1024) / (ms["MLP b1024", "graphc fused"] / 1e3) / 1e9 / peak_np
-        lines.append(f"MLP b1024: graphc fused at {share:.0%} of the numpy sgemm peak "
+        lines.append(f"MLP b1024: graphc fused at {share:.1%} of the numpy sgemm peak "
                      f"({peak_np:.0f} GFLOP/s {where}; target >= 85%): "
                      f"{'met' if share >= 0.85 else 'MISSED'}")
     ratio("LeNet b64", "pytorch eager", "graphc fused", 1.3)

@@ -37,7 +37,7 @@ def test_target_lines_compute_ratios_from_rows():
     peak = bench.mlp_flops(1024) / 8e-3 / 1e9 / 0.9      # graphc at 90% of this peak
     lines = bench.target_lines(rows, peak)
     assert "MLP b1024: graphc fused 1.25x faster than jax jit (target >= 1.1x): met" in lines
-    assert (f"MLP b1024: graphc fused at 90% of the numpy sgemm peak ({peak:.0f} GFLOP/s "
+    assert (f"MLP b1024: graphc fused at 90.0% of the numpy sgemm peak ({peak:.0f} GFLOP/s "
             "at start-up; target >= 85%): met") in lines
     assert ("chain 4M fwd+bwd: graphc fused 3.00x faster than pytorch compile "
             "(target >= 4.0x): MISSED") in lines
@@ -54,5 +54,5 @@ def test_target_lines_prefer_the_peak_timed_in_the_rounds():
     rows = [("MLP b1024", "graphc fused", step_ms, 0, ""),
             ("MLP b1024", bench.PEAK_ROW, peak_ms, 0, "")]
     lines = bench.target_lines(rows, peak_np=1.0)          # start-up figure ignored
-    assert lines == ["MLP b1024: graphc fused at 80% of the numpy sgemm peak (200 GFLOP/s "
+    assert lines == ["MLP b1024: graphc fused at 80.0% of the numpy sgemm peak (200 GFLOP/s "
                      "in the rounds; target >= 85%): MISSED"]

@@ -180,7 +180,7 @@ def _max_grad_tiled(ctx, g, x, gout, dx):
     # Every pixel of the window written once: the gradient at the first maximum (the last
     # t with w<t>), zero elsewhere, each as a select on booleans. A store at a computed
     # index, or ``gv if k == t else 0`` on an argmax index k, compiled to data-dependent
-    # branches: (64, 6, 24, 24) ReLU activations took 0.83 ms, this 0.10 ms.
+    # branches: (64, 6, 24, 24) ReLU activations took 0.83 ms, this 0.25 ms.
     last = g["KH"] * g["KW"] - 1
     for t in range(last + 1):
         later = " or ".join(f"w{u}" for u in range(t + 1, last + 1))
