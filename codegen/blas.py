@@ -48,7 +48,7 @@ from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 _CHAR = ir.IntType(8)
 _VOIDP = ir.IntType(8).as_pointer()
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112   # CBLAS enum values
-NARROW_OUTPUT = 32   # products with an output this narrow run on one BLAS thread
+NARROW_OUTPUT = 32   # products with an output this small (both sides) run on one BLAS thread
 
 
 def _numpy_openblas():
@@ -84,11 +84,15 @@ if _LIB is not None:
 
         @njit(inline="always")
         def call(a, b, c, ta, tb, alpha, beta, m, k, n):
-            # OpenBLAS splits a product's output between its threads; with a narrow
-            # output (a conv weight gradient, 6 x 25 over k = 36864) the second thread
-            # only costs: LeNet's step ran 8.4 ms with 2 threads, 5.1 ms with 1. Such
-            # products run on one thread (setting the count costs ~0.3 us).
-            narrow = min(m, n) <= NARROW_OUTPUT
+            # OpenBLAS splits a product's output between its threads; a tiny output (a
+            # conv weight gradient, 6 x 25 over k = 36864) has nothing to split, and the
+            # second thread only costs (LeNet's step 8.4 ms with 2 threads, 5.1 ms with 1,
+            # on Zen 3). Such products run on one thread (setting the count costs ~0.3 us).
+            # A tall one with a narrow side splits its long side well: LeNet's conv
+            # forward products, 36864 x 25 @ 25 x 6 and 4096 x 150 @ 150 x 16, ran 1.4-1.9x
+            # faster on 2 threads (Zen 4, alone), so one narrow side alone no longer
+            # counts (LeNet step -5.5%, MLP unchanged; A/B of the rules in one process).
+            narrow = max(m, n) <= NARROW_OUTPUT
             if narrow:
                 threads = _get_threads()
                 if threads > 1:
