@@ -17,7 +17,7 @@ import numpy as np
 from graphc.ir import BATCH, get_op
 from graphc.ir.printer import format_node
 
-from . import blas, fastmath
+from . import blas, fastmath, memops
 from .schedule import batch_source, scratch_arenas
 
 JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
@@ -56,6 +56,10 @@ class TemplateContext:
         self.attrs = attrs
         self.shape_expr = shape_expr
         self.lines: list[str] = []
+        # LLVM fast-math flags the kernel's loops need (e.g. {"reassoc"} so a dot
+        # product vectorises); a kernel asking for more than the driver has is compiled
+        # on its own instead of inlined into the driver
+        self.fastmath: set[str] = set()
 
     def emit(self, line: str):
         self.lines.append(line)
@@ -282,7 +286,10 @@ class CpuEmitter(Emitter):
         sig = self.signature(k)
         if scratch:
             sig = sig[:-2] + ", " + ", ".join(scratch) + "):"
-        return ([f"@njit({KERNEL_FLAGS})", sig, self.comment(n)] +
+        fm = ctx.fastmath | self.driver_fastmath
+        flags = KERNEL_FLAGS if fm <= self.driver_fastmath else (
+            JIT_FLAGS + ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}")
+        return ([f"@njit({flags})", sig, self.comment(n)] +
                 ["    " + line for line in ctx.lines])
 
     def scratch_views(self, k) -> list[str]:
@@ -318,7 +325,7 @@ class CpuEmitter(Emitter):
         parts = [f"# graphc generated code for graph {g.name!r}",
                  f"# numba {numba.__version__}, numpy {np.__version__}",
                  "import math", "import numpy as np", "from numba import njit",
-                 fastmath.IMPORT_LINE, blas.IMPORT_LINE, ""]
+                 fastmath.IMPORT_LINE, blas.IMPORT_LINE, memops.IMPORT_LINE, ""]
         for k in s.kernels:
             if k.kind == "loop":
                 parts += self.emit_loop(k) + [""]

@@ -275,3 +275,30 @@ def test_max_pool_gradient_goes_to_the_first_of_tied_maxima():
     got = compile_graph(g).run({"x": xs, "g": gs})[0]
     np.testing.assert_array_equal(got, ref)
     assert got[1, 0, 0, 1] == 7 and got[1, 0, 1, 0] == 0     # first of the tied 3s
+
+
+@pytest.mark.parametrize("out_channels,kernel_marker", [(6, "copy_run("), (12, "gemm(")])
+def test_conv_kernels_for_few_and_many_channels_match_reference(out_channels, kernel_marker):
+    """Few output channels take the per-sample taps kernels, many the batched GEMM; both
+    match the NumPy interpreter in float32 on a LeNet-conv1-like layer (3x5, padding 1
+    on the row axis, so the taps rows have zero-filled ends), forward and both gradients."""
+    from graphc.ir.ops.conv import use_taps
+    assert use_taps(out_channels, 2 * 3 * 5) == (kernel_marker == "copy_run(")
+
+    def build(g, xs):
+        return g.add("conv2d", xs, {"padding": (0, 1)})
+    g, vals = _loss_graph(build, [(3, 2, 12, 11), (out_channels, 2, 3, 5)])
+    g32 = Graph("fd32")
+    ins = [g32.add_input(TensorType(v.shape, "float32"), f"x{i}") for i, v in enumerate(vals[:2])]
+    out = build(g32, ins)
+    r = g32.add_input(g32.type_of(out), "r")
+    loss = g32.add("reduce_sum", [g32.add("mul", [out, r])], {"axes": None})
+    g32.set_outputs([loss, out] + add_gradients(g32, loss, ins))
+    vals32 = [v.astype(np.float32) for v in vals]
+    exe = compile_graph(optimize(g32.copy())[0])
+    assert kernel_marker in exe.source
+    got = exe.run(vals32)
+    ref = interpret(g32, [v.astype(np.float64) for v in vals32])
+    for name, a, b in zip(("loss", "out", "d input", "d weight"), ref, got):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5 * np.abs(a).max(),
+                                   err_msg=name)
