@@ -5,8 +5,8 @@ batch, on "rows" layouts (one row per output pixel (b, oh, ow)): the forward is 
 batched im2col, cols @ W^T, then a pass to NCHW; the weight gradient moves the gradient
 to rows, im2cols the input and computes rows^T @ cols (transposes are BLAS flags of
 ``codegen/blas.py``). With few output channels per group (``use_taps``) both are instead
-per-sample "taps" columns and loops generated for the op's sizes (see there). ``conv2d_grad_input`` is W^T @ grad per sample, then col2im (see
-its kernel for why). The column matrices are scratch planned by codegen
+per-sample "taps" columns and loops generated for the op's sizes (see there).
+``conv2d_grad_input`` is W^T @ grad per sample, then col2im (see its kernel for why). The column matrices are scratch planned by codegen
 (``OpDef.scratch``), so no kernel allocates. The gradient ops are their own registered
 ops, not differentiable themselves (no double backward).
 
@@ -316,7 +316,8 @@ def _grad_weight_scratch(in_types, attrs, out_type):
 
 def _grad_weight_kernel(ctx):
     """dW[grp] = grad_rows[grp]^T @ cols[grp]: one GEMM per group whose inner dimension is
-    every output pixel of the batch (N*OH*OW); the transpose is a BLAS flag."""
+    every output pixel of the batch (N*OH*OW); the transpose is a BLAS flag. (Few output
+    channels: :func:`_grad_weight_taps_kernel`.)"""
     x, gout, dw = ctx.args[0], ctx.args[1], ctx.out
     xt, gt = ctx.in_types
     g = _Geo(xt.shape[1:], ctx.out_type.shape, gt.shape[2:], ctx.attrs)
