@@ -1,13 +1,14 @@
-"""Per-kernel times of graphc's compiled MLP training step (the bench.py model).
+"""Per-kernel times of graphc's compiled training step: the bench.py MLP, or LeNet.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mlp_profile.py \
-        [--batch 1024] [--blas-threads N] [--reps 20] [--unfused]
+        [--model mlp|lenet] [--batch 1024] [--blas-threads N] [--reps 20] [--unfused]
 
 Each kernel of the generated module is called on its own, on the executable's own
-buffers (arguments as the driver passes them), and timed; the table shows each kernel's
-best median over three rounds, its share, and GFLOP/s for the matmul kernels, then the
-whole native step (``run``) and ``train_step`` (with the Python around it). The kernels
-are run in driver order, so each sees the data its predecessors left.
+buffers and scratch (arguments as the driver passes them: its statements are replayed),
+and timed; the table shows each kernel's best median over three rounds, its share, and
+GFLOP/s for the matmul kernels, then the whole native step (``run``) and ``train_step``
+(with the Python around it). The kernels are run in driver order, so each sees the data
+its predecessors left.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import argparse
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
@@ -32,22 +35,52 @@ def _flops(src, name, arrays):
     return 2 * c.size * (a.shape[0] if ta else a.shape[1])
 
 
-def profile(batch=1024, reps=20, fuse=True):
+def _model(name, batch, fuse):
+    """(compiled model, x, y) of the MLP of bench.py or the LeNet of bench_lenet.py."""
+    if name == "mlp":
+        x, y = bench.mlp_data(batch)
+        return bench.graphc_mlp(fuse).model, x, y
+    import bench_lenet
+    import graphc as gc
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    gc.manual_seed(0)
+    m = gc.compile(bench_lenet.LeNet(), input_shape=(None, 1, 28, 28), loss="cross_entropy",
+                   optimizer=gc.optim.SGD(lr=0.01, momentum=0.9), fuse=fuse)
+    return m, x, y
+
+
+def _kernel_calls(src, mod, args):
+    """[(kernel name, function, argument values)] in driver order: the driver's statements
+    (aliases, reshaped views, scratch slices) are replayed on its actual arguments."""
+    params = re.search(r"def run\((.*?)\):", src).group(1).split(", ")
+    env = dict(zip(params, args), np=np)
+    calls = []
+    for line in src.split("\ndef run(", 1)[1].split("\n")[1:]:
+        line = line.strip()
+        if line.startswith("return"):
+            break
+        if not line or line.startswith("#"):
+            continue
+        hit = re.match(r"(k\d+_\w+)\((.*)\)$", line)
+        if hit:
+            calls.append((hit.group(1), getattr(mod, hit.group(1)),
+                          list(eval(f"({hit.group(2)},)", env))))
+        else:
+            exec(line, env)
+    return calls, env
+
+
+def profile(batch=1024, reps=20, fuse=True, model_name="mlp"):
     """[(kernel name, seconds, flops or None)], seconds of run(), seconds of train_step."""
-    step = bench.graphc_mlp(fuse)
-    model = step.model
-    x, y = bench.mlp_data(batch)
+    model, x, y = _model(model_name, batch, fuse)
     model.train_step(x, y)
     exe = model._exe("train")
     arrays, _ = exe.prepare(model._inputs("train", x, y), model._arg_plans["train"][3])
     bufs = exe.buffers_for(batch)
     src, mod = exe.source, exe.module
-    params = re.search(r"def run\((.*?)\):", src).group(1).split(", ")
-    env = dict(zip(params, list(arrays) + list(bufs)))
-    for alias, target in re.findall(r"^    (v\d+) = (v\d+)  # updated in place", src, re.M):
-        env[alias] = env[target]
-    calls = [(name, getattr(mod, name), [env[a] for a in args.split(", ")])
-             for name, args in re.findall(r"^    (k\d+_\w+)\((.*?)\)$", src, re.M)]
+    calls, env = _kernel_calls(src, mod, list(arrays) + list(bufs))
     best = {}
     for _ in range(3):
         for name, fn, args in calls:
@@ -61,7 +94,8 @@ def profile(batch=1024, reps=20, fuse=True):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--model", choices=("mlp", "lenet"), default="mlp")
+    ap.add_argument("--batch", type=int, default=None, help="default: 1024 (MLP), 64 (LeNet)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--blas-threads", type=int, default=None)
     ap.add_argument("--unfused", action="store_true")
@@ -71,17 +105,20 @@ def main(argv=None):
         bench._load_numba_blas()
         threadpool_limits(args.blas_threads, user_api="blas")
     print(f"BLAS:\n  {bench.blas_info()}")
-    rows, t_run, t_step = profile(args.batch, args.reps, not args.unfused)
+    batch = args.batch or (1024 if args.model == "mlp" else 64)
+    rows, t_run, t_step = profile(batch, args.reps, not args.unfused, args.model)
     total = sum(t for _, t, _ in rows)
-    print(f"MLP {bench.SIZES} batch {args.batch}, {'unfused' if args.unfused else 'fused'}")
+    what = f"MLP {bench.SIZES}" if args.model == "mlp" else "LeNet (1x28x28)"
+    print(f"{what} batch {batch}, {'unfused' if args.unfused else 'fused'}")
     print(f"{'kernel':62} {'ms':>8} {'share':>6} {'GFLOP/s':>8}")
     for name, t, fl in rows:
         rate = f"{fl / t / 1e9:8.1f}" if fl else ""
         print(f"{name[:62]:62} {t * 1e3:8.3f} {t / total:6.1%} {rate}")
     print(f"{'sum of kernels':62} {total * 1e3:8.3f}")
     print(f"{'run() (one native call)':62} {t_run * 1e3:8.3f}")
-    print(f"{'train_step (with Python checks)':62} {t_step * 1e3:8.3f}  "
-          f"({bench.mlp_flops(args.batch) / t_step / 1e9:.1f} GFLOP/s)")
+    rate = (f"  ({bench.mlp_flops(batch) / t_step / 1e9:.1f} GFLOP/s)"
+            if args.model == "mlp" else "")
+    print(f"{'train_step (with Python checks)':62} {t_step * 1e3:8.3f}{rate}")
 
 
 if __name__ == "__main__":
