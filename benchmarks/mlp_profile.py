@@ -41,14 +41,11 @@ def _model(name, batch, fuse):
         x, y = bench.mlp_data(batch)
         return bench.graphc_mlp(fuse).model, x, y
     import bench_lenet
-    import graphc as gc
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, batch)
-    gc.manual_seed(0)
-    m = gc.compile(bench_lenet.LeNet(), input_shape=(None, 1, 28, 28), loss="cross_entropy",
-                   optimizer=gc.optim.SGD(lr=0.01, momentum=0.9), fuse=fuse)
-    return m, x, y
+    step, _ = bench_lenet.make_graphc(x, y, fuse, "float32")
+    return step.model, x, y
 
 
 def _kernel_calls(src, mod, args):
