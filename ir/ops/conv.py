@@ -338,7 +338,7 @@ def _grad_weight_kernel(ctx):
 
 # --------------------------------------------------------------- taps kernels
 # Few output channels per group make poor GEMMs: LeNet conv1's forward is (36864 x 25) @
-# (25 x 6) and its weight gradient (6 x 36864) @ (36864 x 25), which OpenBLAS ran at 15-40
+# (25 x 6) and its weight gradient (6 x 36864) @ (36864 x 25), which OpenBLAS ran at 22-46
 # GFLOP/s, after building a 3.7 MB column matrix (0.27 ms: a write through to memory).
 # With O/G <= TAPS_MAX_CHANNELS these ops instead build ONE sample's columns at a time,
 # taps along rows and output pixels along columns ((K, OH*OW): 57 KB for conv1, in L2;
