@@ -45,6 +45,8 @@ from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
+from .cache import module_version
+
 _CHAR = ir.IntType(8)
 _VOIDP = ir.IntType(8).as_pointer()
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112   # CBLAS enum values
@@ -278,15 +280,8 @@ def gemm(a, b, c, ta, tb, alpha, beta):
     _gemm_compiled(a, b, c, ta == True, tb == True, np.float64(alpha), np.float64(beta))  # noqa: E712
 
 
-def _version() -> str:
-    import hashlib
-    import inspect
-    import sys
-    return hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:12]
-
-
 # the generated source names this module's hash: a changed gemm gives new cache keys
-IMPORT_LINE = f"from graphc.codegen.blas import gemm  # blas {_version()} {KIND}"
+IMPORT_LINE = f"from graphc.codegen.blas import gemm  # blas {module_version(__name__)} {KIND}"
 
 
 def call(a: str, b: str, out: str, ta: bool, tb: bool, alpha: str = "1.0",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import os
 import pickle
 import sys
@@ -40,6 +41,18 @@ def source_key(source: str) -> str:
     h.update(source.encode())
     h.update(f"numba={numba.__version__};python={sys.version_info[:2]}".encode())
     return h.hexdigest()[:24]
+
+
+def module_version(name: str) -> str:
+    """Hash of module ``name``'s source text. Generated modules name it in the comment of
+    their import line of that module, so a change to the helpers they call (gemm, the
+    fast-math functions) gives them new cache keys.
+
+    >>> len(module_version("graphc.codegen.cache"))
+    12
+    """
+    text = inspect.getsource(sys.modules[name])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _write_atomic(path: Path, text: str):

@@ -198,6 +198,14 @@ class CpuEmitter(Emitter):
         dtypes = {graph.type_of(n).dtype for n in graph.nx.nodes}
         self.driver_fastmath = set(fastmath.LOOP_FLAGS) if "float64" not in dtypes else set()
 
+    def kernel_flags(self, fm: set) -> str:
+        """Decorator flags of a kernel whose loops need fast-math flags ``fm``: inlined
+        into the driver (compiled with its flags) if those cover ``fm``, else compiled
+        and cached on its own with ``fm``."""
+        if fm <= self.driver_fastmath:
+            return KERNEL_FLAGS
+        return JIT_FLAGS + ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}"
+
     def driver_flags(self) -> str:
         fm = self.driver_fastmath
         return JIT_FLAGS + (", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
@@ -286,9 +294,7 @@ class CpuEmitter(Emitter):
         sig = self.signature(k)
         if scratch:
             sig = sig[:-2] + ", " + ", ".join(scratch) + "):"
-        fm = ctx.fastmath | self.driver_fastmath
-        flags = KERNEL_FLAGS if fm <= self.driver_fastmath else (
-            JIT_FLAGS + ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}")
+        flags = self.kernel_flags(ctx.fastmath | self.driver_fastmath)
         return ([f"@njit({flags})", sig, self.comment(n)] +
                 ["    " + line for line in ctx.lines])
 

@@ -39,8 +39,6 @@ True
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import re
 
 import numpy as np
@@ -48,6 +46,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .cache import module_version
 
 MAX_REL_ERROR = 5e-6
 # Generated float32 loops add 'contract' (a*b+c -> FMA) to their fast-math flags, and
@@ -356,7 +356,7 @@ _CALL_RE = re.compile(r"math\.(exp|log1p|log|tanh)\(")
 # whole ops with a cheaper fused form than their scalar template (one exp, no branches)
 OPS = {"sigmoid": "fsigmoid32", "softplus": "fsoftplus32"}
 
-VERSION = hashlib.sha256(inspect.getsource(inspect.getmodule(fexp32)).encode()).hexdigest()[:12]
+VERSION = module_version(__name__)
 IMPORT_LINE = ("from graphc.codegen.fastmath import "
                + ", ".join(FUNCTIONS) + f"  # fastmath {VERSION}")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from graphc.ir import get_op
 
 from . import blas, fastmath
-from .cpu import (JIT_FLAGS, KERNEL_FLAGS, TemplateContext, _index, _run_kind, literal,
+from .cpu import (KERNEL_FLAGS, TemplateContext, _index, _run_kind, literal,
                   run_ref, run_views, scalar_expr, var)
 from .schedule import LOOP_KINDS, Kernel
 
@@ -114,11 +114,7 @@ def emit_reduce_loop(em, k) -> list[str]:
         # as for whole-tensor sums; float64 suffix sums stay sequential (no reassoc)
         if any(g.op_of(r) != "reduce_max" for r in suffix):
             fm.add("reassoc")
-    if fm <= em.driver_fastmath:
-        flags = KERNEL_FLAGS   # compiled as part of the driver, with its flags
-    else:
-        flags = JIT_FLAGS + ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}"
-    lines = [f"@njit({flags})", em.signature(k)] + head_lines
+    lines = [f"@njit({em.kernel_flags(fm)})", em.signature(k)] + head_lines
     if suffix:
         return lines + _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src)
     lines += [em.comment(n) for n in k.nodes if n != h]

@@ -17,15 +17,14 @@ array([0., 0., 1., 2.])
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
-
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array
+
+from .cache import module_version
 
 
 @intrinsic
@@ -76,7 +75,5 @@ def _ol_copy_run(dst, d, src, s, n):
     return impl_strided
 
 
-VERSION = hashlib.sha256(inspect.getsource(inspect.getmodule(_memcpy_run)).encode()
-                         ).hexdigest()[:12]
 # the generated source names this module's hash: a changed copy gives new cache keys
-IMPORT_LINE = f"from graphc.codegen.memops import copy_run  # memops {VERSION}"
+IMPORT_LINE = f"from graphc.codegen.memops import copy_run  # memops {module_version(__name__)}"
