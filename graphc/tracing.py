@@ -260,14 +260,17 @@ def matmul(a, b) -> Tensor:
         return matmul(ta.reshape(1, -1), tb).reshape(-1)
     if ta.ndim == 2 and tb.ndim == 1:
         return matmul(ta, tb.reshape(-1, 1)).reshape(-1)
-    # fold explicit transposes into the matmul's flags: no copy
+    # fold explicit transposes into the matmul's flags: no copy. Each one flips its
+    # flag, so a transpose of a transposed weight (one stored input-major, see
+    # ``gc.compile``) is read as it is stored.
     flags = {"ta": False, "tb": False}
     ops = []
     for key, t in (("ta", ta), ("tb", tb)):
         node = t.graph.node(t.id)
-        if node.op == "transpose" and t.ndim == 2 and node.attrs["perm"] in (None, (1, 0)):
-            flags[key] = True
+        while node.op == "transpose" and t.ndim == 2 and node.attrs["perm"] in (None, (1, 0)):
+            flags[key] = not flags[key]
             t = Tensor(t.graph, node.args[0])
+            node = t.graph.node(t.id)
         ops.append(t)
     return ops[0]._new("matmul", ops, flags)
 

@@ -145,7 +145,8 @@ def compare_models(net, dtype, loss, opt_args, x, y, steps=2, cpu=("gradients", 
     if "gradients" in cpu:
         gref = ref.gradients(x, y)
     else:
-        gref = dict(zip(gd, interpreted(ref, "gradients", x, y)[1:]))
+        # the CPU model's graphs may hold a weight input-major: ref._public undoes it
+        gref = {k: ref._public(k, v) for k, v in zip(gd, interpreted(ref, "gradients", x, y)[1:])}
     for k in gref:
         worst = max(worst, assert_close(f"gradient {k}", gd[k], gref[k], dtype))
     if "train" in cpu:
@@ -163,9 +164,9 @@ def compare_models(net, dtype, loss, opt_args, x, y, steps=2, cpu=("gradients", 
         ld = dev.train_step(x, y)
         worst = max(worst, assert_close("loss of a step", ld, outs[0], dtype))
         new = dict(zip(g.output_names, outs))
-        pd, pc = dev.parameters(), {k: new[k] for k in ref.parameters()}
+        pd, pc = dev.parameters(), {k: ref._public(k, new[k]) for k in ref.parameters()}
         sd = dev.optimizer_state()
-        sc = {k: new[k] for k in sd}
+        sc = {k: ref._public(k, new[k]) for k in sd}
     for k in pc:
         worst = max(worst, assert_close(f"parameter {k} after the steps", pd[k], pc[k], dtype))
     bd = dev.buffers()         # running statistics, dropout seeds

@@ -67,12 +67,12 @@ def test_compiled_mlp_gradients_match_interpreter(act, loss, rng):
             rng.uniform(size=(batch, 3))
         grads = m.gradients(x, y)
         graph = m._graph("gradients")
-        inputs = {"x": x, "y": y, **m.parameters()}
+        inputs = {"x": x, "y": y, **m._graph_parameters()}   # the graphs' layout
         ref = interpret(graph, inputs)
         assert m.loss(x, y) == pytest.approx(float(ref[0]), rel=1e-12)
         for (name, g), r in zip(grads.items(), ref[1:]):
-            assert_close(g, r, 1e-9, what=f"{loss} batch {batch} grad {name}")
-        assert_close(m(x), interpret(m._graph("forward"), {"x": x, **m.parameters()})[0],
+            assert_close(g, m._public(name, r), 1e-9, what=f"{loss} batch {batch} grad {name}")
+        assert_close(m(x), interpret(m._graph("forward"), {"x": x, **m._graph_parameters()})[0],
                      1e-12, what="forward")
 
 

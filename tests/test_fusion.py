@@ -46,7 +46,7 @@ def interpret_steps(model, x, y, steps):
     g = model._graph("train", raw=True)
     names = g.input_names()
     values = {"x": x, "y": y, "lr": np.array(model.optimizer.lr)}
-    values.update(model.parameters())
+    values.update(model._graph_parameters())   # the graphs' layout
     for nid in g.inputs:
         name = g.nx.nodes[nid]["name"]
         if name not in values:
@@ -55,7 +55,7 @@ def interpret_steps(model, x, y, steps):
         outs = interpret(g, values)
         for o, i in g.aliases.items():
             values[names[i]] = outs[o]
-    return {n: values[n] for n in model.parameters()}
+    return {n: model._public(n, values[n]) for n in model.parameters()}
 
 
 def _case(name):

@@ -146,7 +146,7 @@ def _interpret_steps(m, x, y, steps):
         outs = interpret(g, vals)
         for o, i in g.aliases.items():
             vals[names[i]] = outs[o]
-    return {k: vals[k] for k in m.parameters()}
+    return {k: m._public(k, vals[k]) for k in m.parameters()}
 
 
 @pytest.mark.parametrize("name,kw,rule,compiled", CASES,
@@ -243,7 +243,7 @@ def test_each_transform_alone_in_the_interpreter(grad_model, data, init):
         g = m._graph("gradients")
         m.load_parameters(params)
         outs = interpret(g, dict(zip(g.input_names(), m._inputs("gradients", x, y))))
-        return dict(zip(names, outs[1:]))
+        return {k: m._public(k, v) for k, v in zip(names, outs[1:])}
 
     got = grads_of(l2=0.7)
     for k in names:

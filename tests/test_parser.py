@@ -59,7 +59,7 @@ def test_parsed_graph_computes_the_same(model):
     back = parse_graph(format_graph(g))
     rng = np.random.default_rng(0)
     vals = {"x": rng.standard_normal((5, 4)), "y": np.array([0, 1, 2, 1, 0])}
-    vals.update(model.parameters())
+    vals.update(model._graph_parameters())
     ins = [vals[n] for n in g.input_names()]
     for a, b in zip(interpret(g, ins), interpret(back, ins)):
         np.testing.assert_array_equal(a, b)
