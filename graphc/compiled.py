@@ -224,13 +224,14 @@ class CompiledModel:
 
         A Linear layer computes ``A @ W^T``: with W stored ``(out, in)`` both operands
         have the inner dimension contiguous, a product OpenBLAS ran 14% slower here than
-        the same one with W stored ``(in, out)`` (784 x 256 weight, batch 128: the
-        MLP's training step is 4.6% faster so, 1% at batch 1024). Stored so, W turns the backward's ``dA = dY @ W``
-        into that slow form instead, so only weights whose every use is ``A @ W^T``
-        with ``A`` independent of the parameters (no dA is ever computed: the first
-        layer's input) are chosen. Outside the graphs the layout stays PyTorch's:
+        the same one with W stored ``(in, out)`` (784 x 256 weight, batch 128: the MLP's
+        training step is 4.6% faster so, 1% at batch 1024). Stored so, W turns the
+        backward's ``dA = dY @ W`` into that slow form instead, so only weights whose
+        every use is ``A @ W^T`` with ``A`` independent of the parameters (no dA is ever
+        computed: the first layer's input) are chosen. Outside the graphs the layout stays PyTorch's:
         ``parameters()``, ``gradients()``, ``load_parameters()`` and
         ``optimizer_state()`` see ``(out, in)``; ``ir()`` shows ``meta input_major``.
+        CPU target only: this is a BLAS measurement; the CUDA kernels keep PyTorch's layout.
         """
         g = self._trace("forward")
         params = [nid for nid in g.inputs if g.input_role(nid) == "param"]
