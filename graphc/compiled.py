@@ -228,10 +228,10 @@ class CompiledModel:
         training step is 4.6% faster so, 1% at batch 1024). Stored so, W turns the
         backward's ``dA = dY @ W`` into that slow form instead, so only weights whose
         every use is ``A @ W^T`` with ``A`` independent of the parameters (no dA is ever
-        computed: the first layer's input) are chosen. Outside the graphs the layout stays PyTorch's:
-        ``parameters()``, ``gradients()``, ``load_parameters()`` and
+        computed: the first layer's input) are chosen. Outside the graphs the layout
+        stays PyTorch's: ``parameters()``, ``gradients()``, ``load_parameters()`` and
         ``optimizer_state()`` see ``(out, in)``; ``ir()`` shows ``meta input_major``.
-        CPU target only: this is a BLAS measurement; the CUDA kernels keep PyTorch's layout.
+        CPU target only (a BLAS measurement): the CUDA kernels keep PyTorch's layout.
         """
         g = self._trace("forward")
         params = [nid for nid in g.inputs if g.input_role(nid) == "param"]
