@@ -277,13 +277,13 @@ def test_max_pool_gradient_goes_to_the_first_of_tied_maxima():
     assert got[1, 0, 0, 1] == 7 and got[1, 0, 1, 0] == 0     # first of the tied 3s
 
 
-@pytest.mark.parametrize("out_channels,kernel_marker", [(6, "copy_run("), (12, "gemm(")])
+@pytest.mark.parametrize("out_channels,kernel_marker", [(6, "orow[q] ="), (12, "out4[b, grp]")])
 def test_conv_kernels_for_few_and_many_channels_match_reference(out_channels, kernel_marker):
-    """Few output channels take the per-sample taps kernels, many the batched GEMM; both
-    match the NumPy interpreter in float32 on a LeNet-conv1-like layer (3x5, padding 1
-    on the row axis, so the taps rows have zero-filled ends), forward and both gradients."""
+    """Few output channels take the per-sample taps kernels, many the GEMMs; both match
+    the NumPy interpreter in float32 on a LeNet-conv1-like layer (3x5, padding 1 on the
+    row axis, so the column rows have zero-filled ends), forward and both gradients."""
     from graphc.ir.ops.conv import use_taps
-    assert use_taps(out_channels, 2 * 3 * 5) == (kernel_marker == "copy_run(")
+    assert use_taps(out_channels, 2 * 3 * 5) == (kernel_marker == "orow[q] =")
 
     g32 = Graph("conv32")
     shapes = [(3, 2, 12, 11), (out_channels, 2, 3, 5)]
@@ -297,7 +297,7 @@ def test_conv_kernels_for_few_and_many_channels_match_reference(out_channels, ke
               for s in shapes + [g32.type_of(out).shape]]
     exe = compile_graph(optimize(g32.copy())[0])
     assert kernel_marker in exe.source
-    assert ("copy_run(" in exe.source) == (kernel_marker == "copy_run(")
+    assert ("orow[q] =" in exe.source) == (kernel_marker == "orow[q] =")
     got = exe.run(vals32)
     ref = interpret(g32, [v.astype(np.float64) for v in vals32])
     for name, a, b in zip(("loss", "out", "d input", "d weight"), ref, got):
