@@ -289,9 +289,10 @@ def _conv_per_sample_kernel(ctx, g):
 
 
 def _emit_sample_columns(ctx, x, g, ind, cbf="cbf"):
-    """The columns of :func:`_emit_taps_columns` (cbf[t * OH*OW + oh * OW + ow]) with
-    kw unrolled, so that every run's start and length are literals: an inlined copy,
-    where a run whose length is computed at run time (padding) calls memcpy."""
+    """cbf[t * OH*OW + oh * OW + ow] = x_padded[b, group channel, ...] for tap t = (c,
+    kh, kw) of group ``grp``, sample ``b``: one run of OW input pixels per (t, oh). kw is
+    unrolled here, so every run's start and length are literals and its copy is inlined
+    (a run length computed at run time, as padding makes it, became a memcpy call)."""
     e = lambda s: ctx.emit(ind + s)  # noqa: E731
     zero = ctx.lit(0.0)
     e(f"for c in range({g.Cg}):")
@@ -461,47 +462,6 @@ def use_taps(og: int, k: int) -> bool:
     return og <= TAPS_MAX_CHANNELS and og * k <= TAPS_MAX_TERMS
 
 
-def _emit_taps_columns(ctx, x, g, ind, cbf="cbf"):
-    """cbf[t * OH*OW + oh * OW + ow] = x_padded[b, group channel, ...] for tap t = (c,
-    kh, kw) of group ``grp``, sample ``b``: one run of OW input pixels per (t, oh)."""
-    e = lambda s: ctx.emit(ind + s)  # noqa: E731
-    zero = ctx.lit(0.0)
-    e(f"for c in range({g.Cg}):")
-    e(f"    ch = grp * {g.Cg} + c")
-    e(f"    for kh in range({g.KH}):")
-    e(f"        for kw in range({g.KW}):")
-    e(f"            tap = (c * {g.KH} + kh) * {g.KW} + kw")
-    e(f"            off = kw * {g.d1} - {g.p1}")        # input column of ow is ow * s1 + off
-    if g.s1 == 1 and g.p1:
-        e("            lo = max(0, -off)")
-        e(f"            hi = max(lo, min({g.OW}, {g.W} - off))")
-    e(f"            for oh in range({g.OH}):")
-    e(f"                ih = oh * {g.s0} - {g.p0} + kh * {g.d0}")
-    e(f"                dst = tap * {g.OHW} + oh * {g.OW}")
-    if g.p0:
-        e(f"                if ih < 0 or ih >= {g.H}:")
-        e(f"                    for ow in range({g.OW}):")
-        e(f"                        {cbf}[dst + ow] = {zero}")
-        e("                    continue")
-    e(f"                row = {x}[b, ch, ih]")
-    if g.s1 == 1 and not g.p1:
-        e(f"                copy_run({cbf}, dst, row, off, {g.OW})")
-    elif g.s1 == 1:
-        e("                for ow in range(lo):")
-        e(f"                    {cbf}[dst + ow] = {zero}")
-        e(f"                copy_run({cbf}, dst + lo, row, lo + off, hi - lo)")
-        e(f"                for ow in range(hi, {g.OW}):")
-        e(f"                    {cbf}[dst + ow] = {zero}")
-    else:
-        e(f"                for ow in range({g.OW}):")
-        e(f"                    iw = ow * {g.s1} + off")
-        if g.p1:
-            e(f"                    {cbf}[dst + ow] = row[iw] if iw >= 0 and iw < {g.W} "
-              f"else {zero}")
-        else:
-            e(f"                    {cbf}[dst + ow] = row[iw]")
-
-
 def _joined(parts, per_line=8):
     """Statements joined by '; ', ``per_line`` at a time (generated code stays readable)."""
     return ["; ".join(parts[i:i + per_line]) for i in range(0, len(parts), per_line)]
@@ -516,7 +476,7 @@ def _conv_taps_kernel(ctx, g):
     ctx.emit(f"cbf = {cols}.reshape({g.K * g.OHW})")
     ctx.emit(f"for grp in range({g.G}):")
     ctx.emit("    for b in range(nb):")
-    _emit_taps_columns(ctx, x, g, "        ")
+    _emit_sample_columns(ctx, x, g, "        ")
     # one output channel per pass, its weights hoisted into scalars: the pixel loop is a
     # pure map LLVM vectorises, and one loop body (not O/G) keeps the compile short
     ctx.emit(f"        for o in range({g.Og}):")
@@ -543,7 +503,7 @@ def _grad_weight_taps_kernel(ctx, g):
     ctx.emit(f"        for tap in range({g.K}):")
     ctx.emit(f"            dw3[grp, o, tap] = {zero}")
     ctx.emit("    for b in range(nb):")
-    _emit_taps_columns(ctx, x, g, "        ")
+    _emit_sample_columns(ctx, x, g, "        ")
     ctx.emit("        gb = gout3[b]")
     # blocks of tb taps in one loop body (a runtime loop: the compile stays short), then
     # the remaining taps
