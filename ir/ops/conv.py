@@ -275,17 +275,23 @@ def _conv_kernel(ctx):
     ctx.emit(f"                out3[b, oc, p] = {res}[grp, b, p, o]")
 
 
-def _conv_per_sample_kernel(ctx, g):
-    x, w, out = ctx.args[0], ctx.args[1], ctx.out
+def _emit_forward_per_sample(ctx, g, out_view):
+    """The per-sample forwards' common part: names, ``out_view`` (the output reshaped),
+    then ``for grp / for b`` with sample b's columns built in ``cbf``."""
+    x, w = ctx.args[0], ctx.args[1]
     (cols,) = ctx.scratch
     ctx.emit(f"nb = {x}.shape[0]")
     ctx.emit(f"w3 = {w}.reshape({g.G}, {g.Og}, {g.K})")
-    ctx.emit(f"out4 = {out}.reshape(nb, {g.G}, {g.Og}, {g.OHW})")
+    ctx.emit(out_view)
     ctx.emit(f"cbf = {cols}.reshape({g.K * g.OHW})")
     ctx.emit(f"for grp in range({g.G}):")
     ctx.emit("    for b in range(nb):")
     _emit_sample_columns(ctx, x, g, "        ")
-    ctx.emit(f"        gemm(w3[grp], {cols}, out4[b, grp], False, False, 1.0, 0.0)")
+
+
+def _conv_per_sample_kernel(ctx, g):
+    _emit_forward_per_sample(ctx, g, f"out4 = {ctx.out}.reshape(nb, {g.G}, {g.Og}, {g.OHW})")
+    ctx.emit(f"        gemm(w3[grp], {ctx.scratch[0]}, out4[b, grp], False, False, 1.0, 0.0)")
 
 
 def _emit_sample_columns(ctx, x, g, ind, cbf="cbf"):
@@ -468,15 +474,7 @@ def _joined(parts, per_line=8):
 
 
 def _conv_taps_kernel(ctx, g):
-    x, w, out = ctx.args[0], ctx.args[1], ctx.out
-    (cols,) = ctx.scratch
-    ctx.emit(f"nb = {x}.shape[0]")
-    ctx.emit(f"w3 = {w}.reshape({g.G}, {g.Og}, {g.K})")
-    ctx.emit(f"out3 = {out}.reshape(nb, {g.O}, {g.OHW})")
-    ctx.emit(f"cbf = {cols}.reshape({g.K * g.OHW})")
-    ctx.emit(f"for grp in range({g.G}):")
-    ctx.emit("    for b in range(nb):")
-    _emit_sample_columns(ctx, x, g, "        ")
+    _emit_forward_per_sample(ctx, g, f"out3 = {ctx.out}.reshape(nb, {g.O}, {g.OHW})")
     # one output channel per pass, its weights hoisted into scalars: the pixel loop is a
     # pure map LLVM vectorises, and one loop body (not O/G) keeps the compile short
     ctx.emit(f"        for o in range({g.Og}):")
