@@ -162,13 +162,10 @@ class CompiledModel:
         with tracing(g, training=training) as ctx:
             params = []
             for name, p in self.module.named_parameters():
-                if name in self._input_major:   # the graph holds W^T; the module sees W
-                    pid = g.add_input(TensorType(p.data.shape[::-1], self.dtype), name,
-                                      "param")
-                    ctx.bound[id(p)] = g.add("transpose", [pid], {"perm": (1, 0)})
-                else:
-                    pid = g.add_input(TensorType(p.data.shape, self.dtype), name, "param")
-                    ctx.bound[id(p)] = pid
+                held = name in self._input_major   # the graph holds W^T; the module sees W
+                shape = p.data.shape[::-1] if held else p.data.shape
+                pid = g.add_input(TensorType(shape, self.dtype), name, "param")
+                ctx.bound[id(p)] = g.add("transpose", [pid], {"perm": (1, 0)}) if held else pid
                 params.append((name, pid))
             if self._input_major:
                 g.meta["input_major"] = tuple(sorted(self._input_major))
@@ -276,8 +273,7 @@ class CompiledModel:
         """``{name: array}``: copies of the parameters in the layout the graphs take
         (what ``interpret(m._graph(kind), ...)`` needs; see ``_choose_input_major``)."""
         self._pull()
-        return {n: np.ascontiguousarray(a.T) if n in self._input_major else a.copy()
-                for n, a in self._params.items()}
+        return {n: self._graph_array(self._params, n).copy() for n in self._params}
 
     def _public(self, name, array):
         """A graph's value of parameter (or state) ``name`` in PyTorch's layout."""

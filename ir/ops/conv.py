@@ -5,13 +5,12 @@ batch, on "rows" layouts (one row per output pixel (b, oh, ow)): the forward is 
 batched im2col, cols @ W^T, then a pass to NCHW; the weight gradient moves the gradient
 to rows, im2cols the input and computes rows^T @ cols (transposes are BLAS flags of
 ``codegen/blas.py``). With few output channels per group (``use_taps``) both are instead
-per-sample "taps" columns and loops generated for the op's sizes (see there). A forward
-with at least ``PER_SAMPLE_MIN_PIXELS`` output pixels per image is one small GEMM per
-sample, W @ that sample's columns, written straight into NCHW (see there).
-``conv2d_grad_input`` is W^T @ grad per sample, then col2im (see its kernel for why).
-The column matrices are scratch planned by codegen (``OpDef.scratch``), so no kernel
-allocates. The gradient ops are their own registered
-ops, not differentiable themselves (no double backward).
+per-sample "taps" columns and loops generated for the op's sizes (see there); with at
+least ``PER_SAMPLE_MIN_PIXELS`` output pixels per image both are one small GEMM per
+sample (see there); ``_kernel_path`` picks. ``conv2d_grad_input`` is W^T @ grad per
+sample, then col2im (see its kernel for why). The column matrices are scratch planned by
+codegen (``OpDef.scratch``), so no kernel allocates. The gradient ops are their own
+registered ops, not differentiable themselves (no double backward).
 
 On the GPU (``cuda_kernel``) all three are direct kernels: one thread per output
 element for the forward and the input gradient (a gather: no atomics), one block per
@@ -226,13 +225,12 @@ def _rows_scratch(in_types, attrs, out_type):
     """(G, N, OH*OW, K) columns and (G, N, OH*OW, O/G) per-pixel channel rows, or one
     sample's (K, OH*OW) columns for the taps kernels."""
     x, w = in_types
-    G, N = attrs["groups"], out_type.shape[0]
-    O, Cg, KH, KW = w.shape
-    P = out_type.shape[2] * out_type.shape[3]
-    if use_taps(O // G, Cg * KH * KW) or P >= PER_SAMPLE_MIN_PIXELS:
-        return [TensorType((Cg * KH * KW, P), out_type.dtype)]
-    return [TensorType((G, N, P, Cg * KH * KW), out_type.dtype),
-            TensorType((G, N, P, O // G), out_type.dtype)]
+    g = _Geo(x.shape[1:], w.shape, out_type.shape[2:], attrs)
+    if _kernel_path(g) != "batched":
+        return [TensorType((g.K, g.OHW), out_type.dtype)]
+    N = out_type.shape[0]
+    return [TensorType((g.G, N, g.OHW, g.K), out_type.dtype),
+            TensorType((g.G, N, g.OHW, g.Og), out_type.dtype)]
 
 
 # A forward with at least this many output pixels per image is one small GEMM per sample
@@ -249,13 +247,23 @@ def _rows_scratch(in_types, attrs, out_type):
 PER_SAMPLE_MIN_PIXELS = 32
 
 
+def _kernel_path(g) -> str:
+    """Which kernels a convolution's forward and weight gradient use (their scratch
+    functions ask too, so scratch and kernel cannot disagree): "taps", "per_sample" or
+    "batched"."""
+    if use_taps(g.Og, g.K):
+        return "taps"
+    return "per_sample" if g.OHW >= PER_SAMPLE_MIN_PIXELS else "batched"
+
+
 def _conv_kernel(ctx):
     x, w, out = ctx.args[0], ctx.args[1], ctx.out
     g = _Geo(ctx.in_types[0].shape[1:], ctx.in_types[1].shape, ctx.out_type.shape[2:],
              ctx.attrs)
-    if use_taps(g.Og, g.K):
+    path = _kernel_path(g)
+    if path == "taps":
         return _conv_taps_kernel(ctx, g)
-    if g.OHW >= PER_SAMPLE_MIN_PIXELS:
+    if path == "per_sample":
         return _conv_per_sample_kernel(ctx, g)
     cols, res = ctx.scratch
     ctx.emit(f"nb = {x}.shape[0]")
@@ -383,16 +391,16 @@ def _grad_input_kernel(ctx):
 def _grad_weight_scratch(in_types, attrs, out_type):
     """(G, N, OH*OW, K) columns of the input and (G, N, OH*OW, O/G) gradient rows."""
     x, gt = in_types
-    O, Cg, KH, KW = out_type.shape
-    G, N = attrs["groups"], x.shape[0]
-    P = gt.shape[2] * gt.shape[3]
-    if use_taps(O // G, Cg * KH * KW):
-        return [TensorType((Cg * KH * KW, P), out_type.dtype)]
-    if P >= PER_SAMPLE_MIN_PIXELS:   # one sample's columns and the (K, O/G) sum dW^T
-        return [TensorType((Cg * KH * KW, P), out_type.dtype),
-                TensorType((Cg * KH * KW, O // G), out_type.dtype)]
-    return [TensorType((G, N, P, Cg * KH * KW), out_type.dtype),
-            TensorType((G, N, P, O // G), out_type.dtype)]
+    g = _Geo(x.shape[1:], out_type.shape, gt.shape[2:], attrs)
+    path = _kernel_path(g)
+    cols = TensorType((g.K, g.OHW), out_type.dtype)   # one sample's
+    if path == "taps":
+        return [cols]
+    if path == "per_sample":   # and the (K, O/G) sum dW^T
+        return [cols, TensorType((g.K, g.Og), out_type.dtype)]
+    N = x.shape[0]
+    return [TensorType((g.G, N, g.OHW, g.K), out_type.dtype),
+            TensorType((g.G, N, g.OHW, g.Og), out_type.dtype)]
 
 
 def _grad_weight_kernel(ctx):
@@ -402,9 +410,10 @@ def _grad_weight_kernel(ctx):
     x, gout, dw = ctx.args[0], ctx.args[1], ctx.out
     xt, gt = ctx.in_types
     g = _Geo(xt.shape[1:], ctx.out_type.shape, gt.shape[2:], ctx.attrs)
-    if use_taps(g.Og, g.K):
+    path = _kernel_path(g)
+    if path == "taps":
         return _grad_weight_taps_kernel(ctx, g)
-    if g.OHW >= PER_SAMPLE_MIN_PIXELS:
+    if path == "per_sample":
         return _grad_weight_per_sample_kernel(ctx, g)
     cols, grows = ctx.scratch
     ctx.emit(f"nb = {x}.shape[0]")
