@@ -1,7 +1,8 @@
-"""Per-kernel times of graphc's compiled training step: the bench.py MLP, or LeNet.
+"""Per-kernel times of graphc's compiled training step: the bench.py MLP, LeNet, or the
+ResNet of examples/resnet_digits.py.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mlp_profile.py \
-        [--model mlp|lenet] [--batch 1024] [--blas-threads N] [--reps 20] [--unfused]
+        [--model mlp|lenet|resnet] [--batch 1024] [--blas-threads N] [--reps 20] [--unfused]
 
 Each kernel of the generated module is called on its own, on the executable's own
 buffers and scratch (arguments as the driver passes them: its statements are replayed),
@@ -40,8 +41,18 @@ def _model(name, batch, fuse):
     if name == "mlp":
         x, y = bench.mlp_data(batch)
         return bench.graphc_mlp(fuse).model, x, y
-    import bench_lenet
     rng = np.random.default_rng(0)
+    if name == "resnet":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+        import resnet_digits
+        gc = bench.gc
+        gc.manual_seed(0)
+        model = gc.compile(resnet_digits.ResNet(), input_shape=(None, 1, 8, 8),
+                           loss="cross_entropy", fuse=fuse,
+                           optimizer=gc.optim.SGD(lr=0.05, momentum=0.9))
+        return (model, rng.standard_normal((batch, 1, 8, 8)).astype(np.float32),
+                rng.integers(0, 10, batch))
+    import bench_lenet
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, batch)
     step, _ = bench_lenet.make_graphc(x, y, fuse, "float32")
@@ -91,8 +102,9 @@ def profile(batch=1024, reps=20, fuse=True, model_name="mlp"):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("mlp", "lenet"), default="mlp")
-    ap.add_argument("--batch", type=int, default=None, help="default: 1024 (MLP), 64 (LeNet)")
+    ap.add_argument("--model", choices=("mlp", "lenet", "resnet"), default="mlp")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="default: 1024 (MLP), 64 (LeNet), 256 (ResNet)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--blas-threads", type=int, default=None)
     ap.add_argument("--unfused", action="store_true")
@@ -102,10 +114,11 @@ def main(argv=None):
         bench._load_numba_blas()
         threadpool_limits(args.blas_threads, user_api="blas")
     print(f"BLAS:\n  {bench.blas_info()}")
-    batch = args.batch or (1024 if args.model == "mlp" else 64)
+    batch = args.batch or {"mlp": 1024, "lenet": 64, "resnet": 256}[args.model]
     rows, t_run, t_step = profile(batch, args.reps, not args.unfused, args.model)
     total = sum(t for _, t, _ in rows)
-    what = f"MLP {bench.SIZES}" if args.model == "mlp" else "LeNet (1x28x28)"
+    what = {"mlp": f"MLP {bench.SIZES}", "lenet": "LeNet (1x28x28)",
+            "resnet": "ResNet of examples/resnet_digits.py (1x8x8)"}[args.model]
     print(f"{what} batch {batch}, {'unfused' if args.unfused else 'fused'}")
     print(f"{'kernel':62} {'ms':>8} {'share':>6} {'GFLOP/s':>8}")
     for name, t, fl in rows:
