@@ -1,7 +1,11 @@
 """The lecture's LeNet (PyTorch tutorial style) on scikit-learn's 8x8 digits.
 
 conv -> relu -> max-pool twice, ``x.view(-1, n)``, then three Linear layers. The 8x8
-images use 3x3 convolutions with padding 1 (8x8 -> pool 4x4 -> pool 2x2).
+images use 3x3 convolutions with padding 1 (8x8 -> pool 4x4 -> pool 2x2). SGD with
+momentum, its rate annealed to zero over the epochs (cosine): at a constant rate the loss
+kept spiking late in training, so the final accuracy (0.93-0.976 across runs) hung on
+float rounding; annealed, float32 and float64 runs end within one test digit of each
+other.
 
     python examples/lenet_digits.py [--epochs 30] [--no-fuse] [--dtype float64]
 """
@@ -51,6 +55,7 @@ def train(epochs=30, batch_size=32, lr=0.03, fuse=True, dtype="float32", seed=0,
     xtr, ytr, xte, yte = load(seed, dtype)
     model = gc.compile(Net(), input_shape=(None, 1, 8, 8), loss="cross_entropy",
                        optimizer=gc.optim.SGD(lr=lr, momentum=0.9), fuse=fuse, dtype=dtype)
+    schedule = gc.schedules.CosineAnnealingLR(model, T_max=epochs)
     rng = np.random.default_rng(seed)
     history = []
     for epoch in range(epochs):
@@ -58,6 +63,7 @@ def train(epochs=30, batch_size=32, lr=0.03, fuse=True, dtype="float32", seed=0,
         losses = [model.train_step(xb, yb)
                   for xb, yb in gc.datasets.batches(xtr, ytr, batch_size, rng=rng)]
         history.append(float(np.mean(losses)))
+        schedule.step()
         if verbose:
             print(f"epoch {epoch + 1:3d}  loss {history[-1]:.4f}  "
                   f"({(time.perf_counter() - t0) * 1e3:.1f} ms)")
