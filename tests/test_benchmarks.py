@@ -1,6 +1,9 @@
-"""The benchmark scripts' own arithmetic: timing rounds and the issue-8 target lines."""
+"""The benchmark scripts' own arithmetic (timing rounds, the issue-8 target lines) and the
+models they compare."""
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench  # noqa: E402
@@ -56,3 +59,15 @@ def test_target_lines_prefer_the_peak_timed_in_the_rounds():
     lines = bench.target_lines(rows, peak_np=1.0)          # start-up figure ignored
     assert lines == ["MLP b1024: graphc fused at 80.0% of the numpy sgemm peak (200 GFLOP/s "
                      "in the rounds; target >= 85%): MISSED"]
+
+
+def test_bench_resnet_compares_the_same_network():
+    torch = __import__("pytest").importorskip("torch")
+    import graphc as gc
+    import bench_resnet
+    m = gc.compile(bench_resnet.resnet_digits.ResNet(), input_shape=(None, 1, 8, 8))
+    ours = sorted(v.shape for v in m.parameters().values())
+    theirs = sorted(tuple(p.shape) for p in bench_resnet.torch_net().parameters())
+    assert ours == theirs
+    x = torch.zeros((3, 1, 8, 8))
+    assert tuple(bench_resnet.torch_net()(x).shape) == m(np.zeros((3, 1, 8, 8), "float32")).shape
