@@ -303,3 +303,33 @@ def test_conv_kernels_for_few_and_many_channels_match_reference(out_channels, ke
     for name, a, b in zip(("loss", "out", "d input", "d weight"), ref, got):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5 * np.abs(a).max(),
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("in_channels,out_channels,hw", [
+    (2, 4, 8),     # taps
+    (2, 10, 8),    # per-sample columns
+    (8, 10, 8),    # per-sample pixel rows
+    (8, 10, 4),    # batched (16 output pixels)
+])
+def test_conv_gradients_of_an_empty_batch(in_channels, out_channels, hw):
+    """Every kernel path gives a zero weight gradient (not its scratch's leftovers) and an
+    empty input gradient for a batch of 0, after running a batch of 3 first."""
+    g = Graph("empty")
+    x = g.add_input(TensorType(("N", in_channels, hw, hw), "float32"), "x")
+    gout = g.add_input(TensorType(("N", out_channels, hw, hw), "float32"), "g")
+    w = g.add_input(TensorType((out_channels, in_channels, 3, 3), "float32"), "w")
+    a = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1}
+    dw = g.add("conv2d_grad_weight", [x, gout], dict(a, kernel=(3, 3)))
+    dx = g.add("conv2d_grad_input", [gout, w], dict(a, in_hw=(hw, hw)))
+    g.set_outputs([dw, dx])
+    exe = compile_graph(g)
+    rng = np.random.default_rng(0)
+    wv = rng.standard_normal((out_channels, in_channels, 3, 3)).astype(np.float32)
+    for n in (3, 0):
+        xv = rng.standard_normal((n, in_channels, hw, hw)).astype(np.float32)
+        gv = rng.standard_normal((n, out_channels, hw, hw)).astype(np.float32)
+        got_dw, got_dx = exe.run([xv, gv, wv])
+        ref_dw, ref_dx = interpret(g, [xv, gv, wv])
+        np.testing.assert_allclose(got_dw, ref_dw, rtol=1e-5, atol=1e-4)
+        assert got_dx.shape == ref_dx.shape == (n, in_channels, hw, hw)
+    assert not got_dw.any()

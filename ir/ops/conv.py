@@ -557,6 +557,7 @@ def _grad_weight_pixel_rows_kernel(ctx, g):
     ctx.emit(f"rf = {rows}.reshape({g.OHW * g.K})")
     ctx.emit(f"imf = {image}.reshape({g.H * g.W * g.Cg})")
     ctx.emit(f"for grp in range({g.G}):")
+    ctx.emit(f"    {acc}[:] = {zero}")     # an empty batch's gradient is zero
     ctx.emit("    for b in range(nb):")
     ctx.emit(f"        for c in range({g.Cg}):")
     ctx.emit(f"            ch = grp * {g.Cg} + c")
@@ -578,8 +579,7 @@ def _grad_weight_pixel_rows_kernel(ctx, g):
         ctx.emit(f"{ind}        rf[d + c] = {zero}")
         ctx.emit(f"{ind}    continue")
     ctx.emit(f"{ind}copy_run(rf, d, imf, (ih * {g.W} + iw) * {g.Cg}, {g.Cg})")
-    ctx.emit(f"        gemm(gout4[b, grp], {rows}, {acc}, False, False, 1.0, "
-             "0.0 if b == 0 else 1.0)")
+    ctx.emit(f"        gemm(gout4[b, grp], {rows}, {acc}, False, False, 1.0, 1.0)")
     ctx.emit(f"    for o in range({g.Og}):")
     ctx.emit(f"        for c in range({g.Cg}):")
     ctx.emit(f"            for t in range({taps}):")
