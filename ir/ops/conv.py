@@ -458,14 +458,15 @@ def _grad_input_as_conv_kernel(ctx, g):
 # channels-last copy of the sample, so dW (O/G, K) += grad_b (O/G, OH*OW) @ rows_b is a
 # plain NN product. On a 16-channel 3x3 layer (8x8 images, 256 samples) those products
 # took 0.70 ms against 1.04-1.05 ms for the columns' columns_b @ grad_b^T, and the whole
-# weight gradient 0.88-0.90 against 1.32-1.33 ms. With fewer channels the runs get short
-# (a pixel's 6 channels for LeNet's conv2), so the columns stay.
-PIXEL_ROWS_MIN_CHANNELS = 8
+# weight gradient 0.88-0.90 against 1.32-1.33 ms; bench_lenet's conv2 (6 channels, 5x5,
+# batch 64) 0.295 -> 0.254 ms. With one channel (the ResNet's stem) the runs are single
+# floats and it took 0.150 ms against the columns' 0.099, so few channels keep those.
+PIXEL_ROWS_MIN_CHANNELS = 4
 
 
 def _grad_weight_path(g) -> str:
     """The weight gradient's kernels: :func:`_kernel_path`'s, with "pixel_rows" for a
-    per-sample one with many input channels (kernel and scratch both ask)."""
+    per-sample one with enough input channels (kernel and scratch both ask)."""
     path = _kernel_path(g)
     if path == "per_sample" and g.Cg >= PIXEL_ROWS_MIN_CHANNELS:
         return "pixel_rows"
