@@ -349,10 +349,10 @@ def _emit_sample_columns(ctx, x, g, ind, cbf="cbf"):
 # dx[b, c] = sum over o, taps of grad_padded[b, o, ...] * W[o, c, KH-1-kh, KW-1-kw]. So
 # it runs as the per-sample forward does (the gradient's columns built with literal
 # runs, then W' (C/G, O/G*KH*KW) @ columns straight into dx's NCHW block): no col2im.
-# Taken when its columns are no larger than the scatter's, i.e. the input has no more
-# pixels than the output (a "same" convolution): a 3x3 valid one would multiply zeros;
-# and not where padding exceeds the dilated kernel (the flipped one would need less
-# than none).
+# Taken when the input has no more pixels than the output (a "same" convolution), so its
+# GEMM does no more work than the scatter way's (for a valid 5x5 one it would mostly
+# multiply padding zeros), and not where padding exceeds the dilated kernel (the
+# flipped one would need less than none).
 # For a 16-channel 3x3 layer on 8x8 images at batch 256 the scatter way took 1.35-1.38
 # ms (0.76 ms of GEMMs, 0.54 ms of scalar col2im adds: a loop of runs did not vectorise,
 # and packed masked runs stalled on their overlapping stores) and this one 0.8 ms.
@@ -826,8 +826,8 @@ register(OpDef(
     vjp=_conv_vjp, attrs=dict(CONV_ATTRS),
     samples=_CONV_SAMPLES,
     doc="2-D cross-correlation, NCHW input, (O, C/groups, KH, KW) weight, as F.conv2d "
-        "without bias; im2col + BLAS matmul, or per-sample columns and a generated loop "
-        "for few output channels."))
+        "without bias; im2col + BLAS matmul, with 32+ output pixels one small GEMM per "
+        "sample, or per-sample columns and a generated loop for few output channels."))
 
 register(OpDef(
     name="conv2d_grad_input", infer=_grad_input_infer, kind=FusionKind.OPAQUE, arity=2,
@@ -877,5 +877,6 @@ register(OpDef(
              Sample(shapes=((1, 16, 9, 12), (1, 18, 8, 4)),
                     attrs={"stride": (1, 2), "dilation": (1, 2), "groups": 2,
                            "kernel": (2, 3)})),
-    doc="d conv2d / d weight: im2col then grad @ cols^T (BLAS), or per-sample columns "
-        "and generated dot products for few output channels."))
+    doc="d conv2d / d weight: im2col then grad @ cols^T (BLAS); with 32+ output pixels "
+        "one small GEMM per sample (on pixel rows from 4 input channels per group); or "
+        "per-sample columns and generated dot products for few output channels."))
