@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, os.pardir, "examples"))
 import resnet_digits  # noqa: E402
+from bench_lenet import torch_training_step  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 LR, MOMENTUM = 0.05, 0.9
@@ -68,17 +69,7 @@ def make_torch(x, y):
     except ImportError:
         return None
     torch.manual_seed(0)
-    net = torch_net()
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(xt), yt)
-        loss.backward()
-        opt.step()
-    step()
-    return step
+    return torch_training_step(torch_net(), x, y, LR, MOMENTUM)
 
 
 def main():
