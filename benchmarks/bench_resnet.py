@@ -30,12 +30,17 @@ from timing import interleaved_medians  # noqa: E402
 LR, MOMENTUM = 0.05, 0.9
 
 
-def make_graphc(x, y):
+def make_graphc(x, y, fuse=True):
+    """graphc's compiled training step on (x, y), already called once."""
     gc.manual_seed(0)
-    m = gc.compile(resnet_digits.ResNet(), input_shape=(None, 1, 8, 8),
-                   loss="cross_entropy", optimizer=gc.optim.SGD(lr=LR, momentum=MOMENTUM))
+    m = gc.compile(resnet_digits.ResNet(), input_shape=(None, 1, 8, 8), loss="cross_entropy",
+                   optimizer=gc.optim.SGD(lr=LR, momentum=MOMENTUM), fuse=fuse)
     m.train_step(x, y)
-    return lambda: m.train_step(x, y)
+
+    def step():
+        return m.train_step(x, y)
+    step.model = m      # for benchmarks/mlp_profile.py --model resnet
+    return step
 
 
 def torch_net():

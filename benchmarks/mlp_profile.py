@@ -43,15 +43,10 @@ def _model(name, batch, fuse):
         return bench.graphc_mlp(fuse).model, x, y
     rng = np.random.default_rng(0)
     if name == "resnet":
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-        import resnet_digits
-        gc = bench.gc
-        gc.manual_seed(0)
-        model = gc.compile(resnet_digits.ResNet(), input_shape=(None, 1, 8, 8),
-                           loss="cross_entropy", fuse=fuse,
-                           optimizer=gc.optim.SGD(lr=0.05, momentum=0.9))
-        return (model, rng.standard_normal((batch, 1, 8, 8)).astype(np.float32),
-                rng.integers(0, 10, batch))
+        import bench_resnet
+        x = rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)
+        y = rng.integers(0, 10, batch)
+        return bench_resnet.make_graphc(x, y, fuse).model, x, y
     import bench_lenet
     x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, batch)

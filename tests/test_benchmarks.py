@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench  # noqa: E402
@@ -62,7 +63,7 @@ def test_target_lines_prefer_the_peak_timed_in_the_rounds():
 
 
 def test_bench_resnet_compares_the_same_network():
-    torch = __import__("pytest").importorskip("torch")
+    torch = pytest.importorskip("torch")
     import graphc as gc
     import bench_resnet
     m = gc.compile(bench_resnet.resnet_digits.ResNet(), input_shape=(None, 1, 8, 8))
