@@ -7,10 +7,14 @@ to rows, im2cols the input and computes rows^T @ cols (transposes are BLAS flags
 ``codegen/blas.py``). With few output channels per group (``use_taps``) both are instead
 per-sample "taps" columns and loops generated for the op's sizes (see there); with at
 least ``PER_SAMPLE_MIN_PIXELS`` output pixels per image both are one small GEMM per
-sample (see there); ``_kernel_path`` picks. ``conv2d_grad_input`` is W^T @ grad per
-sample, then col2im (see its kernel for why). The column matrices are scratch planned by
-codegen (``OpDef.scratch``), so no kernel allocates. The gradient ops are their own
-registered ops, not differentiable themselves (no double backward).
+sample (see there), the weight gradient's on per-pixel rows from
+``PIXEL_ROWS_MIN_CHANNELS`` input channels per group; ``_kernel_path`` and
+``_grad_weight_path`` pick. ``conv2d_grad_input`` is one GEMM per sample: for stride 1
+and "same" padding the forward's kernel applied to the gradient and the flipped weight,
+else W^T @ grad then col2im (``_grad_input_path`` picks, and says why). The column
+matrices are scratch planned by codegen (``OpDef.scratch``), so no kernel allocates. The
+gradient ops are their own registered ops, not differentiable themselves (no double
+backward).
 
 On the GPU (``cuda_kernel``) all three are direct kernels: one thread per output
 element for the forward and the input gradient (a gather: no atomics), one block per
@@ -161,6 +165,23 @@ class _Geo:
 
 
 
+
+# Each op's geometry from its own operand and result types, for its scratch function and
+# its CPU and CUDA kernels alike (the three ops order x, w, grad and the result differently)
+def _forward_geo(in_types, out_type, attrs):
+    x, w = in_types
+    return _Geo(x.shape[1:], w.shape, out_type.shape[2:], attrs)
+
+
+def _grad_input_geo(in_types, out_type, attrs):
+    gt, wt = in_types
+    return _Geo(out_type.shape[1:], wt.shape, gt.shape[2:], attrs)
+
+
+def _grad_weight_geo(in_types, out_type, attrs):
+    xt, gt = in_types
+    return _Geo(xt.shape[1:], out_type.shape, gt.shape[2:], attrs)
+
 def _emit_rows_taps(ctx, g, ind, valid, pad=None):
     """Loops over every (output pixel row, tap) of group ``grp`` for all samples:
     ``row`` = (b, oh, ow), ``r + kw`` = (c, kh, kw), input pixel (``ch``, ``ih``, ``iw``).
@@ -224,8 +245,7 @@ def _emit_to_rows(ctx, g, nchw, rows, ind=""):
 def _rows_scratch(in_types, attrs, out_type):
     """(G, N, OH*OW, K) columns and (G, N, OH*OW, O/G) per-pixel channel rows, or one
     sample's (K, OH*OW) columns for the taps kernels."""
-    x, w = in_types
-    g = _Geo(x.shape[1:], w.shape, out_type.shape[2:], attrs)
+    g = _forward_geo(in_types, out_type, attrs)
     if _kernel_path(g) != "batched":
         return [TensorType((g.K, g.OHW), out_type.dtype)]
     N = out_type.shape[0]
@@ -258,8 +278,7 @@ def _kernel_path(g) -> str:
 
 def _conv_kernel(ctx):
     x, w, out = ctx.args[0], ctx.args[1], ctx.out
-    g = _Geo(ctx.in_types[0].shape[1:], ctx.in_types[1].shape, ctx.out_type.shape[2:],
-             ctx.attrs)
+    g = _forward_geo(ctx.in_types, ctx.out_type, ctx.attrs)
     path = _kernel_path(g)
     if path == "taps":
         return _conv_taps_kernel(ctx, g)
@@ -378,11 +397,6 @@ def _transposed_geo(g):
     return _Geo((g.O, g.OH, g.OW), (g.C, g.Og, g.KH, g.KW), (g.H, g.W), attrs)
 
 
-def _grad_input_geo(in_types, out_type, attrs):
-    gt, wt = in_types
-    return _Geo(out_type.shape[1:], wt.shape, gt.shape[2:], attrs)
-
-
 def _grad_input_scratch(in_types, attrs, out_type):
     """One sample's (K, OH*OW) column gradient, or for "as_conv" one sample's columns of
     the output gradient and the flipped weight (G, C/G, O/G*KH*KW)."""
@@ -476,8 +490,7 @@ def _grad_weight_path(g) -> str:
 def _grad_weight_scratch(in_types, attrs, out_type):
     """(G, N, OH*OW, K) columns of the input and (G, N, OH*OW, O/G) gradient rows, or
     what the per-sample kernels need for one sample (see each kernel)."""
-    x, gt = in_types
-    g = _Geo(x.shape[1:], out_type.shape, gt.shape[2:], attrs)
+    g = _grad_weight_geo(in_types, out_type, attrs)
     path = _grad_weight_path(g)
     dtype = out_type.dtype
     cols = TensorType((g.K, g.OHW), dtype)   # one sample's
@@ -488,7 +501,7 @@ def _grad_weight_scratch(in_types, attrs, out_type):
     if path == "pixel_rows":   # rows, the sample's group channels-last, the (O/G, K) sum
         return [TensorType((g.OHW, g.K), dtype), TensorType((g.H, g.W, g.Cg), dtype),
                 TensorType((g.Og, g.K), dtype)]
-    N = x.shape[0]
+    N = in_types[0].shape[0]
     return [TensorType((g.G, N, g.OHW, g.K), dtype),
             TensorType((g.G, N, g.OHW, g.Og), dtype)]
 
@@ -498,8 +511,7 @@ def _grad_weight_kernel(ctx):
     every output pixel of the batch (N*OH*OW); the transpose is a BLAS flag. (Few output
     channels: :func:`_grad_weight_taps_kernel`.)"""
     x, gout, dw = ctx.args[0], ctx.args[1], ctx.out
-    xt, gt = ctx.in_types
-    g = _Geo(xt.shape[1:], ctx.out_type.shape, gt.shape[2:], ctx.attrs)
+    g = _grad_weight_geo(ctx.in_types, ctx.out_type, ctx.attrs)
     path = _grad_weight_path(g)
     if path == "taps":
         return _grad_weight_taps_kernel(ctx, g)
@@ -685,8 +697,7 @@ def _emit_tap_block(ctx, g, ind, taps, zero):
 # needed. The summation order differs from the CPU's BLAS, within rounding.
 def _cuda_conv_kernel(ctx):
     x, w, out = ctx.args[0], ctx.args[1], ctx.out
-    g = _Geo(ctx.in_types[0].shape[1:], ctx.in_types[1].shape, ctx.out_type.shape[2:],
-             ctx.attrs)
+    g = _forward_geo(ctx.in_types, ctx.out_type, ctx.attrs)
     _cuda.grid_stride(ctx, f"{out}.size")
     _cuda.unravel(ctx, "idx", [("b", f"{out}.shape[0]"), ("o", str(g.O)), ("oh", str(g.OH)),
                                ("ow", str(g.OW))], "    ")
@@ -708,8 +719,7 @@ def _cuda_conv_kernel(ctx):
 def _cuda_grad_input_kernel(ctx):
     """dx[b, ch, ih, iw] gathers every (output pixel, kernel tap) that read it."""
     gout, w, dx = ctx.args[0], ctx.args[1], ctx.out
-    gt, wt = ctx.in_types
-    g = _Geo(ctx.out_type.shape[1:], wt.shape, gt.shape[2:], ctx.attrs)
+    g = _grad_input_geo(ctx.in_types, ctx.out_type, ctx.attrs)
     _cuda.grid_stride(ctx, f"{dx}.size")
     _cuda.unravel(ctx, "idx", [("b", f"{dx}.shape[0]"), ("ch", str(g.C)), ("ih", str(g.H)),
                                ("iw", str(g.W))], "    ")
@@ -735,8 +745,7 @@ def _cuda_grad_weight_kernel(ctx):
     """One block per weight element: its threads stride over (sample, output pixel), then
     a shared-memory tree reduction (the sum runs over the whole batch)."""
     x, gout, dw = ctx.args[0], ctx.args[1], ctx.out
-    xt, gt = ctx.in_types
-    g = _Geo(xt.shape[1:], ctx.out_type.shape, gt.shape[2:], ctx.attrs)
+    g = _grad_weight_geo(ctx.in_types, ctx.out_type, ctx.attrs)
     _cuda.shared_scratch(ctx)
     ctx.emit(f"count = {x}.shape[0] * {g.OHW}")
     _cuda.block_rows(ctx, str(g.O * g.K), "r")
