@@ -145,20 +145,6 @@ def run_views(name, shape, iter_shape, s, length="n_run") -> list[str]:
     return [f"{name}_r = {name}.reshape(({', '.join(keep + [length])},))"]
 
 
-def lone_reduction(g, k) -> bool:
-    """True for a kernel that is one float reduce_sum/mean/max on its own (its operand made
-    by a kernel it could not join, such as a convolution's output for batch norm's mean):
-    the CPU emitter gives it the fused reduction loop's code (accumulators in registers,
-    a run of literal length) instead of the op's template, whose loop added into the
-    output element in memory: batch norm's per-channel means over (256, 16, 8, 8) took
-    0.127 ms that way, 0.089 ms this way (over (256, 32, 4, 4): 0.089 -> 0.029 ms)."""
-    if len(k.nodes) != 1 or g.op_of(k.nodes[0]) not in ("reduce_sum", "reduce_mean",
-                                                           "reduce_max"):
-        return False
-    (x,) = g.args_of(k.nodes[0])
-    return g.type_of(x).dtype in ("float32", "float64") and g.type_of(x).rank > 0
-
-
 class Emitter:
     """What every target's emitter shares: the graph, its schedule, where the driver reads
     the batch size ``n``, shape expressions, IR comments and kernel signatures."""
@@ -346,14 +332,14 @@ class CpuEmitter(Emitter):
                  f"# numba {numba.__version__}, numpy {np.__version__}",
                  "import math", "import numpy as np", "from numba import njit",
                  fastmath.IMPORT_LINE, blas.IMPORT_LINE, memops.IMPORT_LINE, ""]
+        from .fused import FUSED_EMITTERS, lone_reduction   # (fused imports this module)
         for k in s.kernels:
-            if k.kind == "loop":
+            kind = "reduce_loop" if k.kind == "template" and lone_reduction(g, k) else k.kind
+            if kind == "loop":
                 parts += self.emit_loop(k) + [""]
-            elif k.kind == "template" and not lone_reduction(g, k):
+            elif kind == "template":
                 parts += self.emit_template(k) + [""]
-            elif k.kind != "view":
-                from .fused import FUSED_EMITTERS   # fused group kinds (fusion pass)
-                kind = "reduce_loop" if k.kind == "template" else k.kind
+            elif kind != "view":   # fused group kinds (fusion pass)
                 parts += FUSED_EMITTERS[kind](self, k) + [""]
         driver = [f"@njit({self.driver_flags()})", f"def run({', '.join(self.driver_params())}):"]
         if self.batch_source is not None:

@@ -74,6 +74,19 @@ def emit_epilogue(em, k) -> list[str]:
     return [loop[0], em.signature(k)] + head_lines + loop[2:]
 
 
+def lone_reduction(g, k) -> bool:
+    """True for a kernel that is one float reduce_sum/mean/max on its own (its operand made
+    by a kernel it could not join, such as a convolution's output for batch norm's mean):
+    the CPU emitter gives it the fused reduction loop's code (accumulators in registers,
+    a run of literal length) instead of the op's template, whose loop added into the
+    output element in memory: batch norm's per-channel means over (256, 16, 8, 8) took
+    0.127 ms that way, 0.089 ms this way (over (256, 32, 4, 4): 0.089 -> 0.029 ms)."""
+    if len(k.nodes) != 1 or g.op_of(k.nodes[0]) not in REDUCERS:
+        return False
+    (x,) = g.args_of(k.nodes[0])
+    return g.type_of(x).dtype in ("float32", "float64") and g.type_of(x).rank > 0
+
+
 def emit_reduce_loop(em, k) -> list[str]:
     g = em.g
     h, head_lines = _head(em, k)
