@@ -8,9 +8,9 @@ batch size, graphc and PyTorch timed in alternating rounds (``timing.py``):
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_resnet.py \
         [--batch 32 64 256] [--repeat 40]
 
-PyTorch is compared only if importable. Its convolutions run on both cores (oneDNN);
-graphc's run one small GEMM per sample on one core (see ``ir/ops/conv.py``), so the
-ratio falls as the batch grows.
+PyTorch is compared only if importable. Both run their convolutions on every core:
+PyTorch's oneDNN, graphc's kernels in parts of the batch (``ir/ops/conv.py``,
+``codegen/parallel.py``; ``GRAPHC_THREADS=1`` makes them serial for comparison).
 """
 import argparse
 import os

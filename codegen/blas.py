@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -282,6 +283,49 @@ def gemm(a, b, c, ta, tb, alpha, beta):
 
 # the generated source names this module's hash: a changed gemm gives new cache keys
 IMPORT_LINE = f"from graphc.codegen.blas import gemm  # blas {module_version(__name__)} {KIND}"
+
+
+class OneThread:
+    """Context manager: NumPy's OpenBLAS runs on one thread inside it (process-wide,
+    nestable across threads: the count is restored when the last holder leaves).
+
+    A step whose convolutions split their samples across cores (``prange``) runs inside
+    it: its products then run on the thread that calls them. Left at two threads, the
+    OpenBLAS workers that spin after a threaded product and Numba's that spin after a
+    parallel loop took each other's core: examples/resnet_digits.py's step at batch 256
+    went from 18.6 to 32 ms. Without NumPy's OpenBLAS (``KIND`` "scipy") this does
+    nothing, and convolutions stay serial (codegen/parallel.py: sample_parts).
+
+    >>> with OneThread():
+    ...     pass
+    """
+
+    _lock = threading.Lock()
+    _holders = 0
+    _saved = 1
+    _lib = ctypes.CDLL(_LIB) if _LIB is not None else None
+
+    def __enter__(self):
+        cls = OneThread
+        if cls._lib is None:
+            return self
+        with cls._lock:
+            if cls._holders == 0:
+                cls._saved = cls._lib.scipy_openblas_get_num_threads64_()
+                if cls._saved != 1:
+                    cls._lib.scipy_openblas_set_num_threads64_(1)
+            cls._holders += 1
+        return self
+
+    def __exit__(self, *exc):
+        cls = OneThread
+        if cls._lib is None:
+            return False
+        with cls._lock:
+            cls._holders -= 1
+            if cls._holders == 0 and cls._saved != 1:
+                cls._lib.scipy_openblas_set_num_threads64_(cls._saved)
+        return False
 
 
 def call(a: str, b: str, out: str, ta: bool, tb: bool, alpha: str = "1.0",

@@ -47,9 +47,14 @@ def literal(value, dtype: str) -> str:
 class TemplateContext:
     """What an op's kernel template sees: operand names, types, attrs, and ``emit``."""
 
-    def __init__(self, args, out, in_types, out_type, attrs, shape_expr, scratch=()):
+    def __init__(self, args, out, in_types, out_type, attrs, shape_expr, scratch=(), parts=1):
         self.args = args
         self.scratch = list(scratch)   # names of the scratch arrays (OpDef.scratch)
+        # how many parts the kernel may split its samples into, each with its own
+        # scratch (OpDef.scratch was asked for that many); a kernel that does so with
+        # ``prange`` sets ``parallel``, and is then compiled on its own with parallel=True
+        self.parts = parts
+        self.parallel = False
         self.out = out
         self.in_types = in_types
         self.out_type = out_type
@@ -197,14 +202,16 @@ class CpuEmitter(Emitter):
         # keep separate roundings, as the interpreter computes them.
         dtypes = {graph.type_of(n).dtype for n in graph.nx.nodes}
         self.driver_fastmath = set(fastmath.LOOP_FLAGS) if "float64" not in dtypes else set()
+        self.uses_prange = False
 
-    def kernel_flags(self, fm: set) -> str:
+    def kernel_flags(self, fm: set, parallel: bool = False) -> str:
         """Decorator flags of a kernel whose loops need fast-math flags ``fm``: inlined
-        into the driver (compiled with its flags) if those cover ``fm``, else compiled
-        and cached on its own with ``fm``."""
-        if fm <= self.driver_fastmath:
+        into the driver (compiled with its flags) if those cover ``fm`` and it has no
+        ``prange``, else compiled and cached on its own with ``fm`` (and parallel=True)."""
+        if fm <= self.driver_fastmath and not parallel:
             return KERNEL_FLAGS
-        return JIT_FLAGS + ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}"
+        flags = JIT_FLAGS + (", parallel=True" if parallel else "")
+        return flags + (", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
 
     def driver_flags(self) -> str:
         fm = self.driver_fastmath
@@ -289,12 +296,13 @@ class CpuEmitter(Emitter):
         scratch = [f"scratch{j}" for j in range(len(k.scratch))]
         ctx = TemplateContext([var(a) for a in d["args"]], var(n),
                               [self.g.type_of(a) for a in d["args"]], d["type"],
-                              dict(d["attrs"]), self.shape_expr, scratch)
+                              dict(d["attrs"]), self.shape_expr, scratch, self.s.parts)
         get_op(d["op"]).kernel(ctx)
         sig = self.signature(k)
         if scratch:
             sig = sig[:-2] + ", " + ", ".join(scratch) + "):"
-        flags = self.kernel_flags(ctx.fastmath | self.driver_fastmath)
+        flags = self.kernel_flags(ctx.fastmath | self.driver_fastmath, ctx.parallel)
+        self.uses_prange |= ctx.parallel
         return ([f"@njit({flags})", sig, self.comment(n)] +
                 ["    " + line for line in ctx.lines])
 
@@ -341,6 +349,8 @@ class CpuEmitter(Emitter):
                 parts += self.emit_template(k) + [""]
             elif kind != "view":   # fused group kinds (fusion pass)
                 parts += FUSED_EMITTERS[kind](self, k) + [""]
+        if self.uses_prange:
+            parts[parts.index("from numba import njit")] = PRANGE_IMPORT
         driver = [f"@njit({self.driver_flags()})", f"def run({', '.join(self.driver_params())}):"]
         if self.batch_source is not None:
             driver.append(f"    n = {self.batch_source[0]}.shape[{self.batch_source[1]}]")
@@ -363,6 +373,15 @@ class CpuEmitter(Emitter):
 
 def _copy_line(dst, src, rank) -> str:
     return f"    {dst}[()] = {src}[()]" if rank == 0 else f"    {dst}[:] = {src}"
+
+
+PRANGE_IMPORT = "from numba import njit, prange"
+
+
+def uses_prange(source: str) -> bool:
+    """True if generated ``source`` has kernels that run parts of a batch on separate
+    cores (it imports ``prange`` only then)."""
+    return f"\n{PRANGE_IMPORT}\n" in source
 
 
 def emit_cpu_source(graph, schedule) -> str:

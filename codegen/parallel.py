@@ -1,4 +1,5 @@
-"""Running a large elementwise graph on every core, in row chunks.
+"""Running a large elementwise graph on every core, in row chunks; and how many parts
+convolutions split their batch into (:func:`sample_parts`).
 
 A graph whose work is all elementwise over one shape S (plus whole-tensor sums or maxima
 that nothing else reads, such as the loss of ``value_and_grad``) gives the same result
@@ -10,7 +11,9 @@ calls, so graphc's threads cannot starve OpenBLAS's (the 40-50x slowdown of Numb
 a queue between steps (the driver releases the GIL), not OpenMP threads that spin.
 
 Graphs with matmuls, convolutions, reductions over some axes, random masks or scratch
-keep running as one native call on one thread (BLAS brings its own threads).
+keep running as one native call (BLAS brings its own threads; convolution kernels run
+parts of the batch on Numba's threads, with BLAS on one thread meanwhile: see
+:func:`sample_parts`).
 
 ``GRAPHC_THREADS`` sets the number of chunks (1 turns this off); by default one per
 core this process may run on.
@@ -25,6 +28,7 @@ core this process may run on.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import threading
@@ -54,6 +58,80 @@ def thread_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:   # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------ convolutions on every core
+# Convolution kernels split their batch into parts run by ``prange`` (ir/ops/conv.py),
+# on Numba's thread pool: examples/resnet_digits.py's training step at batch 256 went
+# from 15.7 to 10.8 ms, LeNet's (batch 64) from 2.11 to 1.54 ms. Three hazards, each
+# handled here or in the runtime:
+# - OpenBLAS's workers and Numba's spin after their work and take each other's core
+#   (that step took 32 ms): such steps run with OpenBLAS on one thread (blas.OneThread),
+#   so each product runs on the core that calls it, inside a part or alone.
+# - Numba's "workqueue" layer gave no speed-up here and aborts the process when two
+#   threads launch parallel loops at once: convolutions stay serial unless Numba's layer
+#   is "omp" or "tbb".
+# - GNU OpenMP kills a forked child that runs a parallel loop after its parent did:
+#   such a child runs serial builds of the same graphs (runtime.Executable).
+_PARALLEL_MODULES = {"tbb": "numba.np.ufunc.tbbpool", "omp": "numba.np.ufunc.omppool",
+                     "workqueue": "numba.np.ufunc.workqueue"}
+_LAYER_ORDER = {"default": ("tbb", "omp", "workqueue"), "safe": ("tbb",),
+                "threadsafe": ("tbb", "omp"), "forksafe": ("tbb", "workqueue")}
+_forked_after_omp = False
+
+
+def threading_layer() -> str | None:
+    """The layer Numba runs (or, when its first parallel loop runs, will run) parallel
+    loops on: "tbb", "omp", "workqueue", or None if none is usable."""
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:   # no parallel loop has run yet: Numba's own choice, in its order
+        pass
+    for layer in _LAYER_ORDER.get(numba.config.THREADING_LAYER, (numba.config.THREADING_LAYER,)):
+        try:
+            importlib.import_module(_PARALLEL_MODULES[layer])
+        except (ImportError, KeyError):
+            continue
+        return layer
+    return None
+
+
+def forked_after_omp() -> bool:
+    """True in a process forked from one that had run a loop on GNU OpenMP (where
+    another parallel loop would kill it)."""
+    return _forked_after_omp
+
+
+def _note_fork_in_child():
+    global _forked_after_omp
+    import numba
+    try:
+        _forked_after_omp = _forked_after_omp or numba.threading_layer() == "omp"
+    except ValueError:
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork_in_child)
+
+
+def sample_parts() -> int:
+    """Parts the convolution kernels split their batch into (``prange``, one per core:
+    :func:`thread_count` capped by Numba's threads), or 1 to keep them serial (see the
+    hazards above).
+
+    >>> sample_parts() >= 1
+    True
+    """
+    import numba
+
+    from .blas import KIND
+    parts = min(thread_count(), numba.config.NUMBA_NUM_THREADS)
+    if (parts < 2 or KIND != "numpy-openblas64" or forked_after_omp()
+            or threading_layer() not in ("omp", "tbb")):
+        return 1
+    return parts
 
 
 @dataclass

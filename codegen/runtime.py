@@ -25,8 +25,10 @@ from graphc.ir import BATCH, CompileError, InputError
 from graphc.ir.types import format_shape
 
 from .cache import load_module
-from .cpu import emit_cpu_source
-from .parallel import COMBINE, MIN_CHUNK_ELEMENTS, chunk_bounds, row_split_plan, thread_count, worker_pool
+from .blas import OneThread
+from .cpu import emit_cpu_source, uses_prange
+from .parallel import (COMBINE, MIN_CHUNK_ELEMENTS, chunk_bounds, forked_after_omp,
+                       row_split_plan, sample_parts, thread_count, worker_pool)
 from .schedule import arena_sizes, build_schedule, scratch_arenas
 
 MAX_BATCH_SIZES = 8
@@ -79,6 +81,8 @@ class Executable:
             p for p in (self.split_plan.sliced if self.split_plan else ()) if p < len(graph.inputs))
         self._chunk_args: dict = {}   # batch -> (buffers, bounds, per-chunk arguments)
         self.last_chunks: list = []   # row ranges of the last call; [] when not split
+        # kernels splitting the batch across cores run with OpenBLAS on one thread
+        self.one_blas_thread = target == "cpu" and uses_prange(source)
 
     @property
     def kernel_count(self) -> int:
@@ -181,7 +185,13 @@ class Executable:
             try:
                 chunks = self._chunks_for(batch, bufs) if self.split_plan else None
                 if chunks is None:
-                    self.module.run(*arrays, *bufs)
+                    if self.one_blas_thread and forked_after_omp():
+                        self._rebuild_serial()
+                    if self.one_blas_thread:
+                        with OneThread():
+                            self.module.run(*arrays, *bufs)
+                    else:
+                        self.module.run(*arrays, *bufs)
                     self.last_chunks = []
                 else:
                     self._run_in_chunks(arrays, bufs, chunks)
@@ -197,6 +207,17 @@ class Executable:
                 outs = [(o.item() if o.ndim == 0 else o.copy()) if i in copy else o
                         for i, o in enumerate(outs)]
         return outs
+
+    def _rebuild_serial(self):
+        """Swap in a build whose kernels run serially (scratch for one part, so new
+        buffers too), for a process forked after its parent ran parallel loops on GNU
+        OpenMP (codegen/parallel.py)."""
+        self.schedule = build_schedule(self.graph, parts=1)
+        self.source = emit_cpu_source(self.graph, self.schedule)
+        self.module = load_module(self.source, tag=self.graph.name)
+        self.one_blas_thread = False
+        self._buffers.clear()
+        self._out_plan = None
 
     def _chunks_for(self, batch, bufs):
         """(row ranges, buffer arguments per chunk) for this batch size, built once; None
@@ -285,7 +306,7 @@ def compile_graph(graph, target: str = "cpu", **options) -> Executable:
         exe = Executable(graph, *hit[1:], target)   # own buffers and lock
         exe.timings = {"codegen": 0.0, "load": 0.0, "reused": time.perf_counter() - t0}
         return exe
-    schedule = build_schedule(graph)
+    schedule = build_schedule(graph, parts=sample_parts())
     source = emit_cpu_source(graph, schedule)
     t1 = time.perf_counter()
     module = load_module(source, tag=graph.name)

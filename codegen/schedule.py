@@ -44,6 +44,9 @@ class Schedule:
     views: set = field(default_factory=set)         # values that are views, not buffers
     buffers: list = field(default_factory=list)     # values that need their own buffer
     out_copies: dict = field(default_factory=dict)  # output index -> value copied into a buffer
+    # how many parts template kernels may split their samples into, one per core (see
+    # codegen/parallel.py: sample_parts); each part has its own scratch
+    parts: int = 1
 
 
 def _kernel_kind(graph, nodes) -> str:
@@ -80,8 +83,9 @@ def batch_source(graph):
     return None
 
 
-def build_schedule(graph) -> Schedule:
-    """Group nodes into kernels, order them, and plan in-place updates."""
+def build_schedule(graph, parts: int = 1) -> Schedule:
+    """Group nodes into kernels, order them, and plan in-place updates; template kernels
+    that can may split their samples into ``parts`` (scratch is planned for that)."""
     members: dict = {}
     for nid in graph.topo_order():
         d = graph.nx.nodes[nid]
@@ -122,9 +126,9 @@ def build_schedule(graph) -> Schedule:
         kind = _kernel_kind(graph, ns)
         kernels.append(Kernel(len(kernels), ns, ins, outs, kind,
                               _kernel_name(graph, len(kernels), ns, kind),
-                              _scratch_types(graph, ns) if kind == "template" else []))
+                              _scratch_types(graph, ns, parts) if kind == "template" else []))
 
-    sched = Schedule(kernels)
+    sched = Schedule(kernels, parts=parts)
     sched.views = {k.nodes[0] for k in kernels if k.kind == "view"}
     position = {}
     for k in kernels:
@@ -157,13 +161,13 @@ def build_schedule(graph) -> Schedule:
     return sched
 
 
-def _scratch_types(graph, nodes) -> list:
+def _scratch_types(graph, nodes, parts) -> list:
     (n,) = nodes
     op = get_op(graph.op_of(n))
     if op.scratch is None:
         return []
     return list(op.scratch([graph.type_of(a) for a in graph.args_of(n)],
-                           dict(graph.nx.nodes[n]["attrs"]), graph.type_of(n)))
+                           dict(graph.nx.nodes[n]["attrs"]), graph.type_of(n), parts))
 
 
 def scratch_arenas(schedule) -> list:

@@ -63,12 +63,15 @@ class OpDef:
                                                 ``ctx.launch`` (see codegen/cuda.py)
     cuda_scalar(args, attrs, lit) -> str        CUDA target: overrides ``scalar`` where the
                                                 CPU spelling does not compile for the GPU
-    scratch(in_types, attrs, out_type) -> [TensorType]
+    scratch(in_types, attrs, out_type, parts) -> [TensorType]
                                                 CPU ``kernel`` only: temporary arrays the
                                                 kernel needs (may use the batch dim ``N``);
                                                 the planner provides them as ``ctx.scratch``
                                                 (views of one arena per dtype owned by the
-                                                runtime), so the kernel allocates nothing
+                                                runtime), so the kernel allocates nothing.
+                                                A kernel that splits its samples into
+                                                ``ctx.parts`` parts run on separate cores
+                                                asks for each part's own
     """
 
     name: str
