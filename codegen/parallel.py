@@ -63,8 +63,9 @@ def thread_count() -> int:
 # ------------------------------------------------------------ convolutions on every core
 # Convolution kernels split their batch into parts run by ``prange`` (ir/ops/conv.py),
 # on Numba's thread pool: examples/resnet_digits.py's training step at batch 256 went
-# from 15.7 to 10.8 ms, LeNet's (batch 64) from 2.11 to 1.54 ms. Three hazards, each
-# handled here or in the runtime:
+# from 15.9 to 12.6 ms (bench_resnet.py, GRAPHC_THREADS=1 against the default), LeNet's
+# (batch 64) from 2.11 to 1.54 ms (bench_lenet.py). Three hazards, each handled here or
+# in the runtime:
 # - OpenBLAS's workers and Numba's spin after their work and take each other's core
 #   (that step took 32 ms): such steps run with OpenBLAS on one thread (blas.OneThread),
 #   so each product runs on the core that calls it, inside a part or alone.

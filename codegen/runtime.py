@@ -181,12 +181,12 @@ class Executable:
         """
         arrays, batch = self.prepare(inputs, trusted)
         with self._lock:
+            if self.one_blas_thread and forked_after_omp():
+                self._rebuild_serial()
             bufs = self.buffers_for(batch)
             try:
                 chunks = self._chunks_for(batch, bufs) if self.split_plan else None
                 if chunks is None:
-                    if self.one_blas_thread and forked_after_omp():
-                        self._rebuild_serial()
                     if self.one_blas_thread:
                         with OneThread():
                             self.module.run(*arrays, *bufs)

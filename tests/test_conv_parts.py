@@ -13,6 +13,7 @@ from graphc.codegen.runtime import compile_graph
 from graphc.ir import Graph, TensorType, interpret
 
 PATHS = [   # (in channels, out channels, image side, stride): the kernels each takes
+    (2, 4, 8, 1),    # taps (few output channels)
     (2, 10, 8, 1),   # per-sample columns; input gradient as a convolution
     (8, 10, 8, 1),   # weight gradient on pixel rows
     (8, 10, 4, 1),   # batched GEMMs (16 output pixels)

@@ -13,8 +13,8 @@ sample (see there), the weight gradient's on per-pixel rows from
 and "same" padding the forward's kernel applied to the gradient and the flipped weight,
 else W^T @ grad then col2im (``_grad_input_path`` picks, and says why). The column
 matrices are scratch planned by codegen (``OpDef.scratch``), so no kernel allocates.
-Every kernel but the taps weight gradient splits its batch into ``ctx.parts`` parts of
-samples run on separate cores (``prange``; see ``_open_parts``), each part with its own
+Every CPU kernel splits its batch into ``ctx.parts`` parts of samples run on separate
+cores (``prange``; see ``_open_parts``), each part with its own
 scratch and, for a weight gradient, its own sum, added in part order afterwards. The
 gradient ops are their own registered ops, not differentiable themselves (no double
 backward).
@@ -218,6 +218,7 @@ def _emit_sum_parts(ctx, ind, dst, scratch, index):
     ctx.emit(f"{ind}for q in range(1, {ctx.parts}):")
     ctx.emit(f"{ind}    total += {scratch}[q, {index}]")
     ctx.emit(f"{ind}{dst} = total")
+
 
 def _emit_rows_taps(ctx, g, ind, valid, pad=None, samples="range(nb)"):
     """Loops over every (output pixel row, tap) of group ``grp`` for all samples:
@@ -539,13 +540,13 @@ def _grad_weight_path(g) -> str:
 
 def _grad_weight_scratch(in_types, attrs, out_type, parts=1):
     """(G, N, OH*OW, K) columns of the input and (G, N, OH*OW, O/G) gradient rows, or
-    what the per-sample kernels need for one sample (see each kernel; the taps kernel's
-    one part, the others' per part)."""
+    what the per-sample kernels need for one sample, per part (see each kernel)."""
     g = _grad_weight_geo(in_types, out_type, attrs)
     path = _grad_weight_path(g)
     dtype = out_type.dtype
-    if path == "taps":
-        return [TensorType((g.K, g.OHW), dtype)]
+    if path == "taps":         # columns and the part's dW
+        return [TensorType((parts, g.K, g.OHW), dtype),
+                TensorType((parts, g.G, g.Og, g.K), dtype)]
     if path == "per_sample":   # columns and the part's (K, O/G) sum dW^T
         return [TensorType((parts, g.K, g.OHW), dtype), TensorType((parts, g.K, g.Og), dtype)]
     if path == "pixel_rows":   # rows, the sample's group channels-last, the (O/G, K) sum
@@ -717,35 +718,40 @@ def _conv_taps_kernel(ctx, g):
 
 def _grad_weight_taps_kernel(ctx, g):
     x, gout, dw = ctx.args[0], ctx.args[1], ctx.out
-    (cols,) = ctx.scratch
     zero = ctx.lit(0.0)
     ctx.fastmath.add("reassoc")   # the dot products over pixels vectorise (as BLAS reorders)
     tb = max(1, min(g.K, (_TAPS_REGISTERS - g.Og) // (g.Og + 1)))
     ctx.emit(f"nb = {x}.shape[0]")
     ctx.emit(f"gout3 = {gout}.reshape(nb, {g.O}, {g.OHW})")
     ctx.emit(f"dw3 = {dw}.reshape({g.G}, {g.Og}, {g.K})")
-    ctx.emit(f"cbf = {cols}.reshape({g.K * g.OHW})")
-    ctx.emit(f"for grp in range({g.G}):")
-    ctx.emit(f"    for o in range({g.Og}):")
-    ctx.emit(f"        for tap in range({g.K}):")
-    ctx.emit(f"            dw3[grp, o, tap] = {zero}")
-    ctx.emit("    for b in range(nb):")
-    _emit_sample_columns(ctx, x, g, "        ")
-    ctx.emit("        gb = gout3[b]")
+    p, samples = _open_parts(ctx, "", {"cols": ctx.scratch[0], "dwp": ctx.scratch[1]})
+    ctx.emit(f"{p}cbf = cols.reshape({g.K * g.OHW})")
+    ctx.emit(f"{p}for grp in range({g.G}):")
+    ctx.emit(f"{p}    for o in range({g.Og}):")
+    ctx.emit(f"{p}        for tap in range({g.K}):")
+    ctx.emit(f"{p}            dwp[grp, o, tap] = {zero}")
+    ctx.emit(f"{p}    for b in {samples}:")
+    _emit_sample_columns(ctx, x, g, p + "        ")
+    ctx.emit(f"{p}        gb = gout3[b]")
     # blocks of tb taps in one loop body (a runtime loop: the compile stays short), then
     # the remaining taps
     full = g.K - g.K % tb
     if full:
-        ctx.emit(f"        for t0 in range(0, {full}, {tb}):")
-        _emit_tap_block(ctx, g, "            ", [f"t0 + {j}" if j else "t0" for j in range(tb)],
-                        zero)
+        ctx.emit(f"{p}        for t0 in range(0, {full}, {tb}):")
+        _emit_tap_block(ctx, g, p + "            ",
+                        [f"t0 + {j}" if j else "t0" for j in range(tb)], zero)
     if full < g.K:
-        _emit_tap_block(ctx, g, "        ", [str(t) for t in range(full, g.K)], zero)
+        _emit_tap_block(ctx, g, p + "        ", [str(t) for t in range(full, g.K)], zero)
+    ctx.emit(f"for grp in range({g.G}):")
+    ctx.emit(f"    for o in range({g.Og}):")
+    ctx.emit(f"        for k in range({g.K}):")
+    _emit_sum_parts(ctx, "            ", "dw3[grp, o, k]", ctx.scratch[1], "grp, o, k")
 
 
 def _emit_tap_block(ctx, g, ind, taps, zero):
     """acc[o][j] = sum over this sample's pixels of gout[o] * column ``taps[j]``, added
-    into dw: O/G x len(taps) dot products whose partial sums stay in registers."""
+    into the part's dW ``dwp``: O/G x len(taps) dot products whose partial sums stay in
+    registers."""
     e = lambda s: ctx.emit(ind + s)  # noqa: E731
     n = len(taps)
     for line in _joined([f"acc{o}_{j} = {zero}" for o in range(g.Og) for j in range(n)]):
@@ -759,7 +765,7 @@ def _emit_tap_block(ctx, g, ind, taps, zero):
     for line in _joined([f"acc{o}_{j} += gv{o} * cv{j}" for o in range(g.Og)
                          for j in range(n)]):
         e("    " + line)
-    for line in _joined([f"dw3[grp, {o}, {t}] += acc{o}_{j}" for o in range(g.Og)
+    for line in _joined([f"dwp[grp, {o}, {t}] += acc{o}_{j}" for o in range(g.Og)
                          for j, t in enumerate(taps)], 4):
         e(line)
 
