@@ -1,7 +1,7 @@
-"""Convolutions split across cores: kernels that run their batch in parts (``prange``)
-match the NumPy interpreter for uneven and empty parts, give the same result on every
-run, leave OpenBLAS's thread count as they found it, and still run in a forked child;
-graphc keeps them serial where the threading layer or the BLAS make parts unsafe."""
+"""Convolutions (and pooling) split across cores: kernels that run their batch in parts
+(``prange``) match the NumPy interpreter for uneven and empty parts, give the same result
+on every run, leave OpenBLAS's thread count as they found it, and still run in a forked
+child; graphc keeps them serial where the threading layer or the BLAS make parts unsafe."""
 import ctypes
 import multiprocessing as mp
 
@@ -57,6 +57,25 @@ def test_parts_match_the_interpreter(cin, cout, hw, stride, monkeypatch):
         for name, want, a, b in zip(("y", "dx", "dw"), interpret(g, vals), got, again):
             np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-4, err_msg=f"{name}, batch {n}")
             np.testing.assert_array_equal(a, b, err_msg=f"{name} changed between runs")
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [((2, 2), (2, 2), (0, 0)),   # tiled
+                                                    ((3, 3), (2, 2), (1, 1))])  # overlapping
+def test_pooling_in_parts_matches_the_interpreter(kernel, stride, padding, monkeypatch):
+    g = Graph("pool_parts")
+    a = {"kernel": kernel, "stride": stride, "padding": padding}
+    x = g.add_input(TensorType(("N", 3, 9, 9), "float32"), "x")
+    mx, av = g.add("max_pool2d", [x], a), g.add("avg_pool2d", [x], a)
+    gm = g.add_input(g.type_of(mx), "gm")
+    g.set_outputs([mx, av, g.add("max_pool2d_grad", [x, gm], a),
+                   g.add("avg_pool2d_grad", [gm], dict(a, in_hw=(9, 9)))])
+    exe = _compile_in_parts(g, 3, monkeypatch)
+    assert exe.source.count("prange(") == 4
+    for n in (7, 1, 0):
+        vals = _values(g, n, n)
+        for name, want, got in zip(("max", "avg", "d max", "d avg"), interpret(g, vals),
+                                   exe.run(vals)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{name}, {n}")
 
 
 def _openblas_threads():

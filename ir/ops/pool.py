@@ -98,10 +98,19 @@ def _geo(ctx, in_hw, out_hw):
                 W=in_hw[1], OH=out_hw[0], OW=out_hw[1])
 
 
+def _samples(ctx, x4) -> str:
+    """The loop over the batch: ``prange`` when the kernel may use ``ctx.parts`` cores
+    (samples write disjoint outputs, so Numba's static split needs nothing else)."""
+    if ctx.parts > 1:
+        ctx.parallel = True
+        return f"prange({x4}.shape[0])"
+    return f"range({x4}.shape[0])"
+
+
 def _emit_windows(ctx, g, x4, body_open):
     """Loops over every output pixel; ``body_open`` lines run per window."""
     e = ctx.emit
-    e(f"for b in range({x4}.shape[0]):")
+    e(f"for b in {_samples(ctx, x4)}:")
     e(f"    for c in range({x4}.shape[1]):")
     e(f"        for oh in range({g['OH']}):")
     e(f"            h0 = oh * {g['S0']} - {g['P0']}")
@@ -140,7 +149,7 @@ def _tiled_loads(ctx, g, x, ind):
 
 def _tiled_windows(ctx, g, x4):
     e = ctx.emit
-    e(f"for b in range({x4}.shape[0]):")
+    e(f"for b in {_samples(ctx, x4)}:")
     e(f"    for c in range({x4}.shape[1]):")
     e(f"        for oh in range({g['OH']}):")
     e(f"            i0 = oh * {g['KH']}")
