@@ -1,5 +1,5 @@
 """Running a large elementwise graph on every core, in row chunks; and how many parts
-convolutions split their batch into (:func:`sample_parts`).
+convolutions and pooling split their batch into (:func:`sample_parts`).
 
 A graph whose work is all elementwise over one shape S (plus whole-tensor sums or maxima
 that nothing else reads, such as the loss of ``value_and_grad``) gives the same result
@@ -61,11 +61,11 @@ def thread_count() -> int:
 
 
 # ------------------------------------------------------------ convolutions on every core
-# Convolution kernels split their batch into parts run by ``prange`` (ir/ops/conv.py),
-# on Numba's thread pool: examples/resnet_digits.py's training step at batch 256 went
-# from 15.9 to 12.6 ms (bench_resnet.py, GRAPHC_THREADS=1 against the default), LeNet's
-# (batch 64) from 2.11 to 1.54 ms (bench_lenet.py). Three hazards, each handled here or
-# in the runtime:
+# Convolution and pooling kernels split their batch into parts run by ``prange``
+# (ir/ops/conv.py, ir/ops/pool.py), on Numba's thread pool: examples/resnet_digits.py's
+# training step at batch 256 went from 15.9 to 12.6 ms (bench_resnet.py, GRAPHC_THREADS=1
+# against the default), LeNet's (batch 64) from 1.95 to 1.28 ms (bench_lenet.py). Three
+# hazards, each handled here or in the runtime:
 # - OpenBLAS's workers and Numba's spin after their work and take each other's core
 #   (that step took 32 ms): such steps run with OpenBLAS on one thread (blas.OneThread),
 #   so each product runs on the core that calls it, inside a part or alone.
@@ -118,7 +118,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def sample_parts() -> int:
-    """Parts the convolution kernels split their batch into (``prange``, one per core:
+    """Parts the convolution and pooling kernels split their batch into (``prange``, one per core:
     :func:`thread_count` capped by Numba's threads), or 1 to keep them serial (see the
     hazards above).
 
