@@ -3,10 +3,10 @@
 on every run, leave OpenBLAS's thread count as they found it, and still run in a forked
 child; graphc keeps them serial where the threading layer or the BLAS make parts unsafe."""
 import ctypes
-import multiprocessing as mp
 
 import numpy as np
 import pytest
+from forked import run_in_forked_child
 
 from graphc.codegen import blas, parallel, runtime
 from graphc.codegen.runtime import compile_graph
@@ -109,12 +109,11 @@ def test_layers_and_settings_that_keep_convolutions_serial(monkeypatch):
     assert parallel.sample_parts() == 1
 
 
-def _run_in_child(exe, vals, queue):
+def _run(exe, vals):
     out = exe.run(vals)
-    queue.put((exe.one_blas_thread, [o.tolist() for o in out]))
+    return exe.one_blas_thread, [o.tolist() for o in out]
 
 
-@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="no fork here")
 def test_forked_child_runs_a_parallel_conv_graph(monkeypatch):
     """GNU OpenMP kills a forked child that runs a parallel loop after its parent did:
     the child must get the same results from a serial build instead."""
@@ -122,16 +121,7 @@ def test_forked_child_runs_a_parallel_conv_graph(monkeypatch):
     exe = _compile_in_parts(g, 2, monkeypatch)
     vals = _values(g, 4, 0)
     want = exe.run(vals)          # the parent has now run parallel loops
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_run_in_child, args=(exe, vals, queue))
-    child.start()
-    child.join(timeout=300)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("the forked child hung")
-    assert child.exitcode == 0, f"the forked child died (exit code {child.exitcode})"
-    one_blas_thread, got = queue.get(timeout=5)
+    one_blas_thread, got = run_in_forked_child(_run, (exe, vals), timeout=300)
     assert one_blas_thread == (parallel.threading_layer() != "omp")   # rebuilt serial
     for a, b in zip(want, got):
         np.testing.assert_allclose(np.asarray(b, np.float32), a, rtol=1e-5, atol=1e-5)

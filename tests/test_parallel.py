@@ -2,6 +2,7 @@
 same results as one thread and as the NumPy interpreter; everything else stays whole."""
 import numpy as np
 import pytest
+from forked import run_in_forked_child
 
 import graphc as gc
 from graphc.codegen import compile_graph
@@ -131,28 +132,16 @@ def test_chunk_views_follow_reallocated_buffers(two_threads, monkeypatch):
         assert float(out[1]) == pytest.approx(float((np.exp(x) * y).sum()), rel=1e-9)
 
 
-def _split_sum_in_child(exe, x, queue):
-    queue.put(float(exe.run([x])[0]))
+def _split_sum(exe, x):
+    return float(exe.run([x])[0])
 
 
 def test_forked_child_runs_split_graphs(two_threads):
     """A child forked after the parent used the worker threads gets threads of its own
     (it inherits the pool object, not its threads: submitted chunks would never run)."""
-    import multiprocessing as mp
-    if "fork" not in mp.get_all_start_methods():
-        pytest.skip("no fork on this platform")
     x = np.random.default_rng(4).standard_normal(ROWS).astype(np.float32)
     vg = gc.value_and_grad(_chain)
     exe = vg.compiled((x,))
     want = float(exe.run([x])[0])
     assert len(exe.last_chunks) == 2          # the parent's pool exists and was used
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_split_sum_in_child, args=(exe, x, queue))
-    child.start()
-    child.join(timeout=60)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("the forked child hung running a split graph")
-    assert child.exitcode == 0
-    assert queue.get(timeout=5) == pytest.approx(want, rel=1e-6)
+    assert run_in_forked_child(_split_sum, (exe, x), timeout=60) == pytest.approx(want, rel=1e-6)
