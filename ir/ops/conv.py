@@ -166,9 +166,6 @@ class _Geo:
         self.d0, self.d1 = a["dilation"]
 
 
-
-
-
 # Each op's geometry from its own operand and result types, for its scratch function and
 # its CPU and CUDA kernels alike (the three ops order x, w, grad and the result differently)
 def _forward_geo(in_types, out_type, attrs):
@@ -195,10 +192,11 @@ def _open_parts(ctx, ind, per_part):
     """Emit the head of the loop over parts, binding each ``name: scratch`` of
     ``per_part`` to that part's own array and ``lo``, ``hi`` to its samples' range;
     returns (the body's indentation, ``range`` of the part's samples). With one part: no
-    loop (part 0, all samples, no ``lo``/``hi``)."""
+    loop (part 0, all samples)."""
     if ctx.parts == 1:
         for name, scratch in per_part.items():
             ctx.emit(f"{ind}{name} = {scratch}[0]")
+        ctx.emit(f"{ind}lo, hi = 0, nb")
         return ind, "range(nb)"
     ctx.parallel = True
     ctx.emit(f"{ind}for part in prange({ctx.parts}):")
@@ -328,16 +326,13 @@ def _conv_kernel(ctx):
     ctx.emit(f"cols3 = {cols}.reshape({g.G}, nb * {g.OHW}, {g.K})")
     ctx.emit(f"res3 = {res}.reshape({g.G}, nb * {g.OHW}, {g.Og})")
     ctx.emit(f"out3 = {out}.reshape(nb, {g.O}, {g.OHW})")
-    # with parts, each runs its samples' rows: im2col, its slice of the GEMM, the move
+    # each part runs its samples' rows: im2col, its slice of the GEMM, the move
     ind, samples = _open_parts(ctx, "", {})
-    rows = "" if ctx.parts == 1 else f"lo * {g.OHW}:hi * {g.OHW}"
+    rows = f"lo * {g.OHW}:hi * {g.OHW}"
     ctx.emit(f"{ind}for grp in range({g.G}):")
     ctx.emit(f"{ind}    c2 = cols3[grp]")
     _emit_im2col_rows(ctx, x, g, ind + "    ", samples=samples)
-    if rows:
-        ctx.emit(f"{ind}    gemm(c2[{rows}], w3[grp], res3[grp, {rows}], False, True, 1.0, 0.0)")
-    else:
-        ctx.emit(f"{ind}    gemm(c2, w3[grp], res3[grp], False, True, 1.0, 0.0)")
+    ctx.emit(f"{ind}    gemm(c2[{rows}], w3[grp], res3[grp, {rows}], False, True, 1.0, 0.0)")
     ctx.emit(f"{ind}for b in {samples}:")
     ctx.emit(f"{ind}    for grp in range({g.G}):")
     ctx.emit(f"{ind}        for o in range({g.Og}):")
@@ -553,11 +548,9 @@ def _grad_weight_scratch(in_types, attrs, out_type, parts=1):
         return [TensorType((parts, g.OHW, g.K), dtype),
                 TensorType((parts, g.H, g.W, g.Cg), dtype),
                 TensorType((parts, g.Og, g.K), dtype)]
-    N = in_types[0].shape[0]
-    batched = [TensorType((g.G, N, g.OHW, g.K), dtype), TensorType((g.G, N, g.OHW, g.Og), dtype)]
-    if parts > 1:   # and each part's sum of dW
-        batched.append(TensorType((parts, g.G, g.Og, g.K), dtype))
-    return batched
+    N = in_types[0].shape[0]   # and each part's sum of dW
+    return [TensorType((g.G, N, g.OHW, g.K), dtype), TensorType((g.G, N, g.OHW, g.Og), dtype),
+            TensorType((parts, g.G, g.Og, g.K), dtype)]
 
 
 def _grad_weight_kernel(ctx):
@@ -573,21 +566,14 @@ def _grad_weight_kernel(ctx):
         return _grad_weight_per_sample_kernel(ctx, g)
     if path == "pixel_rows":
         return _grad_weight_pixel_rows_kernel(ctx, g)
-    cols, grows = ctx.scratch[:2]
+    cols, grows, sums = ctx.scratch
     ctx.emit(f"nb = {x}.shape[0]")
     ctx.emit(f"gout3 = {gout}.reshape(nb, {g.O}, {g.OHW})")
     ctx.emit(f"dw3 = {dw}.reshape({g.G}, {g.Og}, {g.K})")
     ctx.emit(f"cols3 = {cols}.reshape({g.G}, nb * {g.OHW}, {g.K})")
     ctx.emit(f"grows3 = {grows}.reshape({g.G}, nb * {g.OHW}, {g.Og})")
-    if ctx.parts == 1:
-        _emit_to_rows(ctx, g, "gout3", grows)
-        ctx.emit(f"for grp in range({g.G}):")
-        ctx.emit("    c2 = cols3[grp]")
-        _emit_im2col_rows(ctx, x, g, "    ")
-        ctx.emit("    gemm(grows3[grp], c2, dw3[grp], True, False, 1.0, 0.0)")
-        return
     # each part sums its samples' rows into its own dW (an empty part's is zero: k = 0)
-    ind, samples = _open_parts(ctx, "", {"acc": ctx.scratch[2]})
+    ind, samples = _open_parts(ctx, "", {"acc": sums})
     rows = f"lo * {g.OHW}:hi * {g.OHW}"
     _emit_to_rows(ctx, g, "gout3", grows, ind, samples)
     ctx.emit(f"{ind}for grp in range({g.G}):")
@@ -597,7 +583,7 @@ def _grad_weight_kernel(ctx):
     ctx.emit(f"for grp in range({g.G}):")
     ctx.emit(f"    for o in range({g.Og}):")
     ctx.emit(f"        for k in range({g.K}):")
-    _emit_sum_parts(ctx, "            ", "dw3[grp, o, k]", ctx.scratch[2], "grp, o, k")
+    _emit_sum_parts(ctx, "            ", "dw3[grp, o, k]", sums, "grp, o, k")
 
 
 def _grad_weight_per_sample_kernel(ctx, g):
