@@ -7,20 +7,21 @@ last ``fusion`` (kernel groups; only with ``fuse=True``). ``disable`` turns off 
 pass by name. Set ``GRAPHC_VERIFY=1`` (the test suite does) to verify after every pass.
 
 >>> [name for name, _ in default_passes()]
-['fold', 'simplify', 'cse', 'dce', 'fusion']
+['fold', 'simplify', 'cse', 'collect', 'dce', 'fusion']
 >>> [name for name, _ in default_passes(fuse=False)]
-['fold', 'simplify', 'cse', 'dce']
+['fold', 'simplify', 'cse', 'collect', 'dce']
 """
 from __future__ import annotations
 
 import os
 
-from graphc.passes import PassManager, cse, dce, fold, simplify
+from graphc.passes import PassManager, collect_terms, cse, dce, fold, simplify
 
 
 def default_passes(fuse: bool = True):
     # fold first: autodiff seeds broadcast constants that fold into x*1 for simplify
-    passes = [("fold", fold), ("simplify", simplify), ("cse", cse), ("dce", dce)]
+    passes = [("fold", fold), ("simplify", simplify), ("cse", cse), ("collect", collect_terms),
+              ("dce", dce)]
     if fuse:
         from graphc.passes.fusion import fusion
         passes.append(("fusion", fusion))
