@@ -11,16 +11,18 @@ machine code come from the cache). Each process then compiles the same model a
 second time (**2nd compile**, same process). A third process measures the **floor**
 that any Numba program here pays: ``import numba`` plus the first call of a cached
 one-line ``np.dot`` kernel (Numba's first call loads its runtime registries, which
-import ``scipy.linalg`` to find BLAS).
+import ``scipy.linalg`` to find BLAS; graphc's start-up skips that import, see
+``codegen/numba_start.py``, so it can come in under this floor).
 
 Stages (wall-clock, this process):
 
 - ``interpreter``: from the parent's spawn to the child's first line (Python start-up).
 - ``import numpy``, ``import graphc``: ``import graphc`` no longer loads Numba.
 - ``trace``, ``passes``: all graphs ``gc.compile`` builds (forward, gradients, train).
-- ``import numba``: ``graphc.codegen`` (Numba, graphc's emitters) on the first compile.
+- ``import numba``: ``graphc.codegen`` (Numba, its NumPy support without
+  ``scipy.linalg``, graphc's emitters) on the first compile.
 - ``codegen``: schedule + emit + write/import the generated module of the train graph.
-- ``numba runtime init``: Numba's first-call registry loading (incl. ``scipy.linalg``).
+- ``numba runtime init``: the rest of Numba's first-call registry loading.
 - ``numba compile/load``: the rest of the first ``train_step`` minus one steady step
   (Numba compiling, or loading cached machine code).
 

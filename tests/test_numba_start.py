@@ -1,0 +1,50 @@
+"""Numba's start-up without scipy.linalg (codegen/numba_start.py): a new process that
+compiles and runs a training step never imports scipy.linalg, while Numba's np.dot and a
+later ``import scipy.linalg`` work as usual."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from graphc.codegen import numba_start
+
+CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import graphc as gc
+    from graphc.codegen import blas
+    import numba.np.linalg
+
+    net = gc.nn.Sequential(gc.nn.Linear(6, 5), gc.nn.ReLU(), gc.nn.Linear(5, 3))
+    m = gc.compile(net, input_shape=(None, 6), loss="cross_entropy",
+                   optimizer=gc.optim.SGD(lr=0.1))
+    loss = m.train_step(np.ones((4, 6), np.float32), np.array([0, 1, 2, 0]))
+    assert np.isfinite(loss)
+    if blas.KIND != "scipy":                   # with SciPy's BLAS it is imported for use
+        assert "scipy.linalg" not in sys.modules, "scipy.linalg was imported"
+    import numba.np.arraymath
+    assert numba.np.arraymath._HAVE_BLAS
+    assert numba.np.linalg.ensure_blas.__qualname__ == "ensure_blas"   # the original
+    assert numba.np.arraymath.ensure_blas is numba.np.linalg.ensure_blas
+
+    from numba import njit
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)
+    np.testing.assert_allclose(njit(lambda p, q: np.dot(p, q))(a, a.T), a @ a.T)
+    import scipy.linalg
+    assert hasattr(scipy.linalg.cython_blas, "__pyx_capi__")
+    print("ok")
+""")
+
+
+def test_new_process_runs_a_step_without_scipy_linalg(tmp_path):
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_missing_scipy_reads_as_numba_expects(monkeypatch):
+    """Without SciPy the check raises ImportError, so Numba sets _HAVE_BLAS = False."""
+    monkeypatch.setattr(numba_start.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="scipy"):
+        numba_start._scipy_blas_present()
