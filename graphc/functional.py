@@ -9,7 +9,7 @@ from __future__ import annotations
 from graphc.ir import OpError, ShapeError
 from graphc.ir.types import format_shape
 
-from .tracing import Tensor, as_tensor, matmul, reduce, _binary
+from .tracing import Tensor, as_tensor, matmul, reduce, where, _binary  # noqa: F401
 
 
 def _unary(op, x, attrs=None) -> Tensor:
@@ -38,9 +38,16 @@ def mul(a, b): return _binary("mul", a, b)
 def div(a, b): return _binary("div", a, b)
 
 
-def sum(x, dim=None, keepdim=False): return reduce("reduce_sum", x, dim, keepdim)  # noqa: A001
-def mean(x, dim=None, keepdim=False): return reduce("reduce_mean", x, dim, keepdim)
-def amax(x, dim=None, keepdim=False): return reduce("reduce_max", x, dim, keepdim)
+def sum(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    return reduce("reduce_sum", x, dim, keepdim, axis, keepdims)
+
+
+def mean(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    return reduce("reduce_mean", x, dim, keepdim, axis, keepdims)
+
+
+def amax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    return reduce("reduce_max", x, dim, keepdim, axis, keepdims)
 
 
 max = amax  # noqa: A001

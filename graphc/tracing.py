@@ -79,6 +79,8 @@ class TensorOps:
             return self._t()._unary("pow", {"exponent": float(p)})
         raise ShapeError("only constant exponents are supported: x ** 2.0, not x ** tensor")
 
+    def where(self, condition, other): return where(condition, self, other)
+    def __getitem__(self, key): return getitem(self._t(), key)
     def __matmul__(self, o): return matmul(self, o)
     def __rmatmul__(self, o): return matmul(o, self)
     def __gt__(self, o): return _binary("gt", self, o)
@@ -114,9 +116,12 @@ class TensorOps:
     def sqrt(self): return self._t()._unary("sqrt")
     def abs(self): return self._t()._unary("abs")
 
-    def sum(self, dim=None, keepdim=False): return reduce("reduce_sum", self, dim, keepdim)
-    def mean(self, dim=None, keepdim=False): return reduce("reduce_mean", self, dim, keepdim)
-    def amax(self, dim=None, keepdim=False): return reduce("reduce_max", self, dim, keepdim)
+    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return reduce("reduce_sum", self, dim, keepdim, axis, keepdims)
+    def mean(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return reduce("reduce_mean", self, dim, keepdim, axis, keepdims)
+    def amax(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return reduce("reduce_max", self, dim, keepdim, axis, keepdims)
     max = amax
 
     def transpose(self, *perm):
@@ -225,7 +230,8 @@ def _where(t: "Tensor") -> str:
         parts.append(f"in {ctx.scope[-1]!r}")
     src = t.graph.nx.nodes[t.id].get("name")
     if src and (not parts or src != ctx.scope[-1]):
-        parts.append(f"the output of {src!r}")
+        kind = "input" if t.graph.op_of(t.id) == "input" else "the output of"
+        parts.append(f"{kind} {src!r}")
     return (", ".join(parts) + ": ") if parts else ""
 
 
@@ -254,6 +260,68 @@ def _binary(op, a, b) -> Tensor:
     return like._new(op, [ta, tb])
 
 
+def where(condition, a, b) -> Tensor:
+    """``a`` where ``condition`` is nonzero, else ``b`` (``torch.where``); any of the three
+    may be a Python number, and they broadcast together."""
+    tensors = [v._t() for v in (a, b, condition) if isinstance(v, TensorOps)]
+    if not tensors:
+        raise ShapeError("where: one of condition, a, b must be a traced tensor")
+    like = tensors[0]
+    ta, tb, tc = as_tensor(a, like), as_tensor(b, like), as_tensor(condition, like)
+    return like._new("where", [tc, ta, tb])
+
+
+def getitem(t: Tensor, key) -> Tensor:
+    """``t[key]`` for basic indexing: ints, slices, ``...`` and ``None``, NumPy's rules;
+    the batch axis can only be taken whole (``:``). The result is a copy."""
+    key = key if isinstance(key, tuple) else (key,)
+    shape = t.shape
+    if sum(1 for k in key if k is Ellipsis) > 1:
+        raise ShapeError(f"{_where(t)}an index can only have one ellipsis ('...')")
+    taking = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if taking > len(shape):
+        raise ShapeError(f"{_where(t)}too many indices ({taking}) for shape "
+                         f"{format_shape(shape)}")
+    if Ellipsis in key:
+        at = key.index(Ellipsis)
+        key = key[:at] + (slice(None),) * (len(shape) - taking) + key[at + 1:]
+    else:
+        key = key + (slice(None),) * (len(shape) - taking)
+    index, out_shape, axis = [], [], 0
+    for k in key:
+        if k is None:
+            out_shape.append(1)
+            continue
+        extent = shape[axis]
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer, slice)):
+            raise ShapeError(f"{_where(t)}graphc supports basic indexing (ints, slices, ..., "
+                             f"None), not {type(k).__name__} indices")
+        if extent == BATCH:
+            if k != slice(None):
+                raise ShapeError(f"{_where(t)}axis {axis} of {format_shape(shape)} is the "
+                                 f"batch axis: it can only be taken whole (':'), got {k!r}")
+            index.append((0, None, 1))
+            out_shape.append(BATCH)
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(extent)
+            n = len(range(start, stop, step))
+            if n == 0:
+                raise ShapeError(f"{_where(t)}slice {k.start}:{k.stop}:{k.step} of axis "
+                                 f"{axis} (extent {extent}) selects nothing")
+            index.append((start, stop, step))
+            out_shape.append(n)
+        else:
+            if not -extent <= k < extent:
+                raise ShapeError(f"{_where(t)}index {int(k)} is out of range for axis {axis} "
+                                 f"of {format_shape(shape)}")
+            k = int(k) % extent
+            index.append((k, k + 1, 1))
+        axis += 1
+    full = all(r == (0, None, 1) or r == (0, d, 1) for r, d in zip(index, shape))
+    out = t if full else t._new("slice", [t], {"index": tuple(index)})
+    return out if tuple(out_shape) == out.shape else out.reshape(tuple(out_shape))
+
+
 def matmul(a, b) -> Tensor:
     ta, tb = as_tensor(a), as_tensor(b)
     if ta.ndim == 1 and tb.ndim == 2:
@@ -275,8 +343,17 @@ def matmul(a, b) -> Tensor:
     return ops[0]._new("matmul", ops, flags)
 
 
-def reduce(op, x, dim, keepdim) -> Tensor:
+def reduce(op, x, dim, keepdim, axis=None, keepdims=None) -> Tensor:
+    """``op`` over ``dim`` (int, tuple or None = all); ``axis``/``keepdims`` are the
+    NumPy spellings PyTorch also accepts."""
     t = as_tensor(x)
+    if axis is not None:
+        if dim is not None:
+            raise ShapeError(f"{op}: give dim or its alias axis, not both (dim={dim}, "
+                             f"axis={axis})")
+        dim = axis
+    if keepdims is not None:
+        keepdim = keepdims
     if dim is None:
         axes = tuple(range(t.ndim))
     else:

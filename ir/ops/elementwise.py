@@ -118,6 +118,36 @@ for _name, _fn, _op in (("gt", np.greater, ">"), ("ge", np.greater_equal, ">="),
            doc=f"1 where x {_op} y else 0, in the operands' dtype")
 
 
+
+# --- select ---------------------------------------------------------------
+
+def _where_infer(types, attrs):
+    cond, a, b = types
+    dtype = same_dtype([a, b], "where")
+    return TensorType(broadcast_shapes(cond.shape, a.shape, b.shape), dtype)
+
+
+def _where_vjp(g, node, grad):
+    cond = node.args[0]
+    _, a, b = _types(g, node)
+    zero = scalar(g, 0.0, node.dtype)
+    return [None,
+            unbroadcast(g, g.add("where", [cond, grad, zero]), a),
+            unbroadcast(g, g.add("where", [cond, zero, grad]), b)]
+
+
+register(OpDef(
+    name="where", infer=_where_infer, arity=3, kind=FusionKind.ELEMWISE,
+    impl=lambda xs, a, shape: np.where(xs[0] != 0, xs[1], xs[2]).astype(xs[1].dtype),
+    scalar=lambda args, a, lit: f"({args[1]} if {args[0]} != 0 else {args[2]})",
+    vjp=_where_vjp,
+    # int 0/1 conditions: finite differences through a float mask would flip branches
+    samples=(Sample(shapes=((3, 4), (3, 4), (3, 4)), domains=("labels:2",)),
+             Sample(shapes=((3, 4), (4,), ()), domains=("labels:2",)),
+             Sample(shapes=((3, 1), (1, 4), (3, 4)), domains=("labels:2",))),
+    doc="a where cond is nonzero, else b (torch.where); cond is a 0/1 mask such as "
+        "a comparison's output, or int64"))
+
 # --- unary ----------------------------------------------------------------
 
 def _neg_vjp(g, node, grad):

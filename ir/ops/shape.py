@@ -5,7 +5,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..registry import REQUIRED, FusionKind, OpDef, Sample, register
-from ..types import TensorType, format_shape
+from ..types import BATCH, TensorType, format_shape
 from . import _cuda
 from ._util import broadcast_shapes, unbroadcast
 
@@ -108,3 +108,140 @@ register(OpDef(
     kernel=_transpose_kernel, cuda_kernel=_transpose_cuda, vjp=_transpose_vjp, attrs={"perm": None},
     samples=(Sample(shapes=((3, 4),)), Sample(shapes=((2, 3, 4),), attrs={"perm": (1, 2, 0)})),
     doc="Permute axes (reverses them by default)."))
+
+
+# --- slice: basic indexing with static bounds ------------------------------
+# ``index`` holds one (start, stop, step) per axis, normalised as ``slice.indices``
+# gives them (a negative step may stop at -1, i.e. before element 0); the batch axis
+# is only ever taken whole, as (0, None, 1).
+
+def _check_index(x, index, what):
+    if len(index) != x.rank:
+        raise ShapeError(f"{what}: index has {len(index)} entries for rank-{x.rank} shape "
+                         f"{format_shape(x.shape)}")
+    out = []
+    for axis, ((start, stop, step), extent) in enumerate(zip(index, x.shape)):
+        if extent == BATCH:
+            if (start, stop, step) != (0, None, 1):
+                raise ShapeError(f"{what}: the batch axis {axis} can only be taken whole")
+            out.append(BATCH)
+            continue
+        n = 0 if step == 0 or stop is None else len(range(start, stop, step))
+        if n < 1 or not (0 <= start < extent and 0 <= start + (n - 1) * step < extent):
+            raise ShapeError(f"{what}: range ({start}, {stop}, {step}) selects nothing or "
+                             f"leaves axis {axis} of extent {extent}")
+        out.append(n)
+    return tuple(out)
+
+
+def _slice_infer(types, attrs):
+    (x,) = types
+    return TensorType(_check_index(x, attrs["index"], "slice"), x.dtype)
+
+
+def _py_slices(index):
+    return tuple(slice(a, (b if b is None or b >= 0 else None), c) for a, b, c in index)
+
+
+def _slice_vjp(g, node, grad):
+    return [g.add("slice_grad", [grad], {"index": node.attrs["index"],
+                                         "shape": g.type_of(node.args[0]).shape})]
+
+
+def _src_index(index, names):
+    """Per axis: the source position of output index ``names[k]``."""
+    out = []
+    for name, (start, _, step) in zip(names, index):
+        term = name if step == 1 else f"{name} * {step}"
+        out.append(term if start == 0 else f"{start} + {term}")
+    return out
+
+
+def _slice_kernel(ctx):
+    x, out = ctx.args[0], ctx.out
+    rank = ctx.out_type.rank
+    idx = [f"i{k}" for k in range(rank)]
+    for k in range(rank):
+        ctx.emit("    " * k + f"for i{k} in range({out}.shape[{k}]):")
+    src = _src_index(ctx.attrs["index"], idx)
+    ctx.emit("    " * rank + f"{out}[{', '.join(idx)}] = {x}[{', '.join(src)}]")
+
+
+def _slice_cuda(ctx):
+    x, out = ctx.args[0], ctx.out
+    rank = ctx.out_type.rank
+    idx = [f"i{k}" for k in range(rank)]
+    _cuda.grid_stride(ctx, f"{out}.size")
+    _cuda.unravel(ctx, "idx", [(idx[k], f"{out}.shape[{k}]") for k in range(rank)], "    ")
+    src = _src_index(ctx.attrs["index"], idx)
+    ctx.emit(f"    {out}[{_cuda.index(idx)}] = {x}[{_cuda.index(src)}]")
+
+
+register(OpDef(
+    name="slice", infer=_slice_infer, kind=FusionKind.INJECTIVE, arity=1,
+    impl=lambda xs, a, shape: np.ascontiguousarray(xs[0][_py_slices(a["index"])]),
+    kernel=_slice_kernel, cuda_kernel=_slice_cuda, vjp=_slice_vjp,
+    attrs={"index": REQUIRED},
+    samples=(Sample(shapes=((5, 6),), attrs={"index": ((1, 4, 1), (0, 6, 2))}),
+             Sample(shapes=((4, 5, 3),), attrs={"index": ((0, None, 1), (4, -1, -2), (2, 3, 1))},
+                    batch_dims=(0,)),
+             Sample(shapes=((6,),), attrs={"index": ((5, 0, -1),)})),
+    doc="x[start:stop:step, ...] with static bounds per axis (a copy); the batch axis "
+        "is taken whole"))
+
+
+def _slice_grad_infer(types, attrs):
+    (g,) = types
+    full = TensorType(tuple(attrs["shape"]), g.dtype)
+    if _check_index(full, attrs["index"], "slice_grad") != g.shape:
+        raise ShapeError(f"slice_grad: gradient shape {format_shape(g.shape)} does not match "
+                         f"index {attrs['index']} of {format_shape(full.shape)}")
+    return full
+
+
+def _slice_grad_impl(xs, a, shape):
+    out = np.zeros(shape, dtype=xs[0].dtype)
+    out[_py_slices(a["index"])] = xs[0]
+    return out
+
+
+def _slice_grad_kernel(ctx):
+    g, out = ctx.args[0], ctx.out
+    rank = ctx.out_type.rank
+    ctx.emit(f"{out}[:] = 0")
+    idx = [f"i{k}" for k in range(rank)]
+    for k in range(rank):
+        ctx.emit("    " * k + f"for i{k} in range({g}.shape[{k}]):")
+    dst = _src_index(ctx.attrs["index"], idx)
+    ctx.emit("    " * rank + f"{out}[{', '.join(dst)}] = {g}[{', '.join(idx)}]")
+
+
+def _slice_grad_cuda(ctx):
+    """Each output element: the gradient element that lands on it, or 0."""
+    g, out = ctx.args[0], ctx.out
+    rank = ctx.out_type.rank
+    idx = [f"j{k}" for k in range(rank)]
+    _cuda.grid_stride(ctx, f"{out}.size")
+    _cuda.unravel(ctx, "idx", [(idx[k], f"{out}.shape[{k}]") for k in range(rank)], "    ")
+    ctx.emit("    hit = True")
+    src = []
+    for k, (start, _, step) in enumerate(ctx.attrs["index"]):
+        ctx.emit(f"    d{k} = {idx[k]} - {start}")
+        ctx.emit(f"    q{k} = d{k} // {step}")
+        ctx.emit(f"    hit = hit and q{k} * {step} == d{k} and 0 <= q{k} < {g}.shape[{k}]")
+        src.append(f"q{k}")
+    ctx.emit(f"    {out}[{_cuda.index(idx)}] = {g}[{_cuda.index(src)}] if hit else 0")
+
+
+register(OpDef(
+    name="slice_grad", infer=_slice_grad_infer, kind=FusionKind.INJECTIVE, arity=1,
+    impl=_slice_grad_impl, kernel=_slice_grad_kernel, cuda_kernel=_slice_grad_cuda,
+    vjp=lambda g, node, grad: [g.add("slice", [grad], {"index": node.attrs["index"]})],
+    attrs={"index": REQUIRED, "shape": REQUIRED},
+    samples=(Sample(shapes=((3, 3),), attrs={"index": ((1, 4, 1), (0, 6, 2)),
+                                             "shape": (5, 6)}),
+             Sample(shapes=((4, 3, 1),), attrs={"index": ((0, None, 1), (4, -1, -2), (2, 3, 1)),
+                                                "shape": ("N", 5, 3)}, batch_dims=(0,)),
+             Sample(shapes=((5,),), attrs={"index": ((5, 0, -1),), "shape": (6,)})),
+    doc="the gradient of slice: zeros of the sliced operand's shape with the gradient "
+        "placed where the slice took its elements"))
