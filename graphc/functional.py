@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import numpy as np
+
 from graphc.ir import OpError, ShapeError
 from graphc.ir.types import format_shape
 
@@ -27,6 +29,7 @@ def relu(x): return _unary("relu", x)
 def softplus(x): return _unary("softplus", x)
 def sqrt(x): return _unary("sqrt", x)
 def abs(x): return _unary("abs", x)  # noqa: A001
+def erf(x): return _unary("erf", x)
 def neg(x): return _unary("neg", x)
 def square(x): return _unary("pow", x, {"exponent": 2.0})
 def pow(x, p): return as_tensor(x) ** p  # noqa: A001
@@ -68,6 +71,55 @@ def _last_dim(op, x, dim):
 
 def softmax(x, dim=-1): return _last_dim("softmax", x, dim)
 def log_softmax(x, dim=-1): return _last_dim("log_softmax", x, dim)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """``F.leaky_relu``: x where x > 0, else ``negative_slope * x`` (slope 1 or s at 0)."""
+    t = as_tensor(x)
+    return where(t > 0, t, t * float(negative_slope))
+
+
+def elu(x, alpha=1.0):
+    """``F.elu``: x where x > 0, else ``alpha * (e**x - 1)``.
+
+    The exponential is taken of min(x, 0): the branch not taken must stay finite, or
+    its zero gradient times an infinite e**x would be nan (JAX's "double where")."""
+    t = as_tensor(x)
+    neg = minimum(t, 0.0)
+    return where(t > 0, t, (exp(neg) - 1.0) * float(alpha))
+
+
+def gelu(x, approximate="none"):
+    """``F.gelu``: x * Phi(x), exactly (erf) or with PyTorch's tanh approximation."""
+    t = as_tensor(x)
+    if approximate == "tanh":
+        inner = (t + t * t * t * 0.044715) * float(np.sqrt(2.0 / np.pi))
+        return t * (tanh(inner) + 1.0) * 0.5
+    if approximate != "none":
+        raise OpError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return t * (erf(t * float(1.0 / np.sqrt(2.0))) + 1.0) * 0.5
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
+    """``F.layer_norm``: normalise over the last ``len(normalized_shape)`` dims with the
+    biased variance, then scale by ``weight`` and shift by ``bias`` (both of
+    ``normalized_shape``)."""
+    x = as_tensor(input)
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(shape)
+    if k == 0 or k > x.ndim or tuple(x.shape[-k:]) != shape:
+        raise ShapeError(f"layer_norm: normalized_shape {shape} does not match the trailing "
+                         f"dims of input {format_shape(x.shape)}")
+    axes = tuple(range(x.ndim - k, x.ndim))
+    mean = reduce("reduce_mean", x, axes, True)
+    xc = x - mean
+    var = reduce("reduce_mean", xc * xc, axes, True)
+    y = xc * ((var + eps) ** -0.5)
+    if weight is not None:
+        y = y * as_tensor(weight)
+    if bias is not None:
+        y = y + as_tensor(bias)
+    return y
 
 
 def linear(x, weight, bias=None):

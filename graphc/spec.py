@@ -72,6 +72,14 @@ def _bool(v):
     return isinstance(v, bool)
 
 
+def _num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pos_num(v):
+    return _num(v) and v > 0
+
+
 def _int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -91,6 +99,10 @@ FIELDS = {
                    "padding": (_pair(_nonneg_int), 0, "an int >= 0 or [h, w]")},
     "batch_norm": {"num_features": (_pos_int, None, "a positive int")},
     "dropout": {"p": (_prob, 0.5, "a number in [0, 1)")},
+    "layer_norm": {"eps": (_pos_num, 1e-5, "a positive number")},
+    "leaky_relu": {"negative_slope": (_num, 0.01, "a number")},
+    "elu": {"alpha": (_num, 1.0, "a number")},
+    "gelu": {"approximate": (lambda v: v in ("none", "tanh"), "none", '"none" or "tanh"')},
     "residual": {"layers": (lambda v: isinstance(v, list) and len(v) > 0, REQUIRED,
                             "a non-empty list of layers")},
 }
@@ -335,6 +347,14 @@ def _build_layers(spec, layers, shape, path, check_only=False):
             modules.append(make("BatchNorm1d" if len(shape) == 1 else "BatchNorm2d", shape[0]))
         elif kind == "dropout":
             modules.append(make("Dropout", f["p"]))
+        elif kind == "layer_norm":             # over the features (C,) or (C, H, W)
+            modules.append(make("LayerNorm", shape, eps=f["eps"]))
+        elif kind == "leaky_relu":
+            modules.append(make("LeakyReLU", f["negative_slope"]))
+        elif kind == "elu":
+            modules.append(make("ELU", f["alpha"]))
+        elif kind == "gelu":
+            modules.append(make("GELU", f["approximate"]))
         elif kind == "residual":
             body, out = _build_layers(spec, f["layers"], shape, f"{p}.layers", check_only)
             if out != shape:

@@ -95,6 +95,9 @@ def _layers(*layers):
      ["layers[0]", "flatten"]),
     ({**BASE, "input_shape": [1, 4, 4], "layers": [
         {"type": "conv2d", "out_channels": 2, "kernel_size": 5}]}, ["layers[0]", "does not fit"]),
+    (_layers({"type": "gelu", "approximate": "fast"}), ["layers[0].approximate", "'fast'"]),
+    (_layers({"type": "layer_norm", "eps": 0}), ["layers[0].eps", "positive number"]),
+    (_layers({"type": "leaky_relu", "negative_slope": "big"}), ["layers[0].negative_slope"]),
 ])
 def test_spec_errors_name_file_layer_and_field(data, needles):
     with pytest.raises(SpecError) as info:
@@ -103,6 +106,22 @@ def test_spec_errors_name_file_layer_and_field(data, needles):
     assert msg.startswith("model.toml: ") and "\n" not in msg
     for needle in needles:
         assert needle in msg
+
+
+def test_norm_and_activation_layers_build_and_train():
+    spec = parse_spec(_layers({"type": "linear", "out_features": 6}, {"type": "layer_norm"},
+                              {"type": "gelu"}, {"type": "linear", "out_features": 5},
+                              {"type": "leaky_relu", "negative_slope": 0.2},
+                              {"type": "elu", "alpha": 0.5},
+                              {"type": "linear", "out_features": 3}))
+    names = [type(m).__name__ for m in spec.build()]
+    assert names == ["Linear", "LayerNorm", "GELU", "Linear", "LeakyReLU", "ELU", "Linear"]
+    m = spec.compile()
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    first = m.train_step(x, np.array([0, 1, 2, 0]))
+    for _ in range(20):
+        last = m.train_step(x, np.array([0, 1, 2, 0]))
+    assert np.isfinite(first) and last < first
 
 
 def test_file_errors(tmp_path):

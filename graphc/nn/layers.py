@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from graphc.ir import ShapeError
 from graphc.ir.types import format_shape
 
@@ -54,6 +56,77 @@ ReLU = _activation("ReLU", F.relu)
 Sigmoid = _activation("Sigmoid", F.sigmoid)
 Tanh = _activation("Tanh", F.tanh)
 Softplus = _activation("Softplus", F.softplus)
+
+
+class LeakyReLU(Module):
+    """``torch.nn.LeakyReLU``."""
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class ELU(Module):
+    """``torch.nn.ELU``."""
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x):
+        return F.elu(x, self.alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class GELU(Module):
+    """``torch.nn.GELU`` (``approximate='none'``: erf; ``'tanh'``: PyTorch's formula)."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ShapeError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class LayerNorm(Module):
+    """``torch.nn.LayerNorm``: normalise over the trailing ``normalized_shape`` dims;
+    ``weight`` (ones) and ``bias`` (zeros) of that shape when ``elementwise_affine``."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
+        super().__init__()
+        shape = ((normalized_shape,) if isinstance(normalized_shape, int)
+                 else tuple(normalized_shape))
+        if not shape or any(not isinstance(d, int) or d <= 0 for d in shape):
+            raise ShapeError(f"LayerNorm: normalized_shape must be positive ints, got "
+                             f"{normalized_shape!r}")
+        self.normalized_shape, self.eps = shape, float(eps)
+        self.weight = Parameter(np.ones(shape)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(shape)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        x = as_tensor(x)
+        if tuple(x.shape[-len(self.normalized_shape):]) != self.normalized_shape:
+            raise ShapeError(f"LayerNorm{self.normalized_shape}: expects input (..., "
+                             f"{', '.join(map(str, self.normalized_shape))}), got "
+                             f"{format_shape(x.shape)}")
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
 
 
 class Identity(Module):

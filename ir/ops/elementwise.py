@@ -190,6 +190,18 @@ def _softplus_vjp(g, node, grad):
     return [g.add("mul", [grad, g.add("sigmoid", [node.args[0]])])]
 
 
+def _erf_vjp(g, node, grad):
+    x = node.args[0]
+    c = scalar(g, 2.0 / np.sqrt(np.pi), node.dtype)                  # 2/sqrt(pi) e**-x^2
+    return [g.add("mul", [grad, g.add("mul", [c, g.add("exp", [g.add("neg", [
+        g.add("mul", [x, x])])])])])]
+
+
+def _erf_np(x):
+    from scipy.special import erf      # NumPy has no erf; SciPy is a dependency (Numba's)
+    return erf(x)
+
+
 def _sqrt_vjp(g, node, grad):
     half = scalar(g, 0.5, node.dtype)
     return [g.add("div", [g.add("mul", [grad, half]), node.id])]
@@ -257,6 +269,7 @@ unary("softplus", _softplus_np,
       _softplus_vjp, doc="log(1 + e**x), stable for large |x|",
       cuda_expr=lambda args, a, lit: (f"({_cuda.maximum(args[0], lit(0.0))} + "
                                       f"math.log1p(math.exp(-abs({args[0]}))))"))
+unary("erf", _erf_np, "math.erf({0})", _erf_vjp, doc="the error function (for GELU)")
 unary("sqrt", np.sqrt, "math.sqrt({0})", _sqrt_vjp, domain="positive", doc="square root")
 unary("abs", np.abs, "abs({0})", _abs_vjp, domain="nonzero", doc="|x|")
 unary("sign", np.sign, lambda args, a, lit: (f"({lit(1.0)} if {args[0]} > 0 else "
