@@ -61,16 +61,25 @@ def transpose(x, *perm): return as_tensor(x).transpose(*perm)
 def flatten(x, start_dim=0, end_dim=-1): return as_tensor(x).flatten(start_dim, end_dim)
 
 
-def _last_dim(op, x, dim):
+def _along_dim(op, x, dim):
+    """``op`` (an op over the last axis) along ``dim``: other dims are moved last and back
+    (two transposes, each a copy)."""
     t = as_tensor(x)
-    if dim is not None and dim % t.ndim != t.ndim - 1:
-        raise ShapeError(f"{op} over dim {dim} of {format_shape(t.shape)}: graphc supports "
-                         f"the last dim only")
-    return t._new(op, [t], {"axis": -1})
+    dim = -1 if dim is None else dim
+    rank = t.ndim or 1                 # (``max`` is gc.max in this module)
+    if not -rank <= dim < rank:
+        raise ShapeError(f"{op}: dim {dim} is out of range for shape {format_shape(t.shape)}")
+    dim %= rank
+    if t.ndim <= 1 or dim == t.ndim - 1:
+        return t._new(op, [t], {"axis": -1})
+    perm = tuple(d for d in range(t.ndim) if d != dim) + (dim,)
+    inverse = tuple(int(i) for i in np.argsort(perm))
+    moved = t.transpose(perm)
+    return moved._new(op, [moved], {"axis": -1}).transpose(inverse)
 
 
-def softmax(x, dim=-1): return _last_dim("softmax", x, dim)
-def log_softmax(x, dim=-1): return _last_dim("log_softmax", x, dim)
+def softmax(x, dim=-1): return _along_dim("softmax", x, dim)
+def log_softmax(x, dim=-1): return _along_dim("log_softmax", x, dim)
 
 
 def leaky_relu(x, negative_slope=0.01):

@@ -117,3 +117,21 @@ def test_reductions_take_numpy_spellings_as_pytorch_does():
     np.testing.assert_allclose(gc.jit(lambda a: gc.amax(a, axis=(0, 1)))(x), x.max())
     with pytest.raises(gc.ShapeError, match="dim or its alias axis, not both"):
         gc.jit(lambda a: gc.sum(a, 0, axis=1))(x)
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1, -2])
+def test_softmax_and_log_softmax_along_any_dim(dim):
+    def sm(x):
+        e = np.exp(x - x.max(axis=dim, keepdims=True))
+        return e / e.sum(axis=dim, keepdims=True)
+
+    np.testing.assert_allclose(gc.jit(lambda a: gc.softmax(a, dim))(X), sm(X), rtol=1e-12)
+    np.testing.assert_allclose(gc.jit(lambda a: gc.log_softmax(a, dim=dim))(X),
+                               np.log(sm(X)), rtol=1e-12)
+    w = np.cos(X)      # d/dx sum(w * softmax): s * (w - sum(w s)) along dim
+    g = gc.grad(lambda a, ww: gc.sum(gc.softmax(a, dim) * ww))(X, w)
+    s = sm(X)
+    np.testing.assert_allclose(g, s * (w - (w * s).sum(axis=dim, keepdims=True)), rtol=1e-10,
+                               atol=1e-14)
+    with pytest.raises(gc.ShapeError, match=r"dim 3 is out of range for shape \(4, 5, 6\)"):
+        gc.jit(lambda a: gc.softmax(a, 3))(X)
