@@ -243,9 +243,11 @@ class CompiledModel:
                 live.update(g.args_of(nid))
 
         def plain_product(use, pid):
+            if g.op_of(use) != "matmul":
+                return False
             a, b = g.args_of(use)
-            return (g.op_of(use) == "matmul" and b == pid and a not in depends
-                    and g.node(use).attrs == {"ta": False, "tb": True})
+            return b == pid and a not in depends and g.node(use).attrs == {"ta": False,
+                                                                             "tb": True}
         chosen = set()
         for pid in params:
             uses = [u for u in g.users(pid) if u in live]

@@ -134,10 +134,11 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # no
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias`` with ``weight`` laid out ``(out, in)`` as in PyTorch."""
     x, w = as_tensor(x), as_tensor(weight)
-    if x.ndim != 2:
-        raise ShapeError(f"linear expects input of shape (batch, features), got {format_shape(x.shape)}")
-    if x.shape[1] != w.shape[1]:
-        raise ShapeError(f"linear: input has {x.shape[1]} features but the weight "
+    if x.ndim < 2:
+        raise ShapeError(f"linear expects input of shape (batch, ..., features), got "
+                         f"{format_shape(x.shape)}")
+    if x.shape[-1] != w.shape[1]:
+        raise ShapeError(f"linear: input has {x.shape[-1]} features but the weight "
                          f"{format_shape(w.shape)} expects {w.shape[1]}")
     y = matmul(x, w.T)
     return y + bias if bias is not None else y

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from graphc.ir import BATCH, Graph, ShapeError, TensorType
+from graphc.ir.ops._util import broadcast_shapes
 from graphc.ir.types import format_shape
 
 _STATE = threading.local()
@@ -322,8 +323,51 @@ def getitem(t: Tensor, key) -> Tensor:
     return out if tuple(out_shape) == out.shape else out.reshape(tuple(out_shape))
 
 
+def _fold_last_transpose(t: Tensor):
+    """(operand, flipped): a transpose of the last two axes is read through a flag."""
+    node = t.graph.node(t.id)
+    swap = tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)
+    if node.op == "transpose" and node.attrs["perm"] == swap:
+        return Tensor(t.graph, node.args[0]), True
+    return t, False
+
+
+def _batched_matmul(ta: Tensor, tb: Tensor) -> Tensor:
+    """``torch.matmul`` for an operand of rank >= 3: vectors gain and lose an axis, the
+    leading dims broadcast, and each leading index is one product (batch_matmul)."""
+    if ta.ndim == 1:
+        return _batched_matmul(ta.reshape(1, -1), tb).squeeze(-2)
+    if tb.ndim == 1:
+        return _batched_matmul(ta, tb.reshape(-1, 1)).squeeze(-1)
+    if ta.shape[-1] != tb.shape[-2]:
+        raise ShapeError(f"{_where(ta)}matmul: cannot multiply {format_shape(ta.shape)} by "
+                         f"{format_shape(tb.shape)}: inner sizes {ta.shape[-1]} and "
+                         f"{tb.shape[-2]} differ")
+    try:
+        lead = broadcast_shapes(ta.shape[:-2], tb.shape[:-2])
+    except ShapeError:
+        raise ShapeError(f"{_where(ta)}matmul: the leading dims of {format_shape(ta.shape)} "
+                         f"and {format_shape(tb.shape)} do not broadcast") from None
+    ops, flags = [], []
+    for t in (ta, tb):
+        if t.shape[:-2] == lead:
+            t, flipped = _fold_last_transpose(t)
+        else:
+            t, flipped = t.expand(*(lead + t.shape[-2:])), False
+        ops.append(t)
+        flags.append(flipped)
+    return ops[0]._new("batch_matmul", ops, {"ta": flags[0], "tb": flags[1]})
+
+
 def matmul(a, b) -> Tensor:
     ta, tb = as_tensor(a), as_tensor(b)
+    if ta.ndim == 0 or tb.ndim == 0:
+        raise ShapeError(f"matmul needs operands of rank >= 1, got {format_shape(ta.shape)} "
+                         f"and {format_shape(tb.shape)}")
+    if ta.ndim >= 3 or tb.ndim >= 3:
+        return _batched_matmul(ta, tb)
+    if ta.ndim == 1 and tb.ndim == 1:
+        return matmul(ta.reshape(1, -1), tb.reshape(-1, 1)).reshape(())
     if ta.ndim == 1 and tb.ndim == 2:
         return matmul(ta.reshape(1, -1), tb).reshape(-1)
     if ta.ndim == 2 and tb.ndim == 1:

@@ -31,8 +31,8 @@ class Linear(Module):
 
     def forward(self, x):
         x = as_tensor(x)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ShapeError(f"{self._trace_name()}: expects input (N, {self.in_features}), "
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise ShapeError(f"{self._trace_name()}: expects input (N, ..., {self.in_features}), "
                              f"got {format_shape(x.shape)}")
         return F.linear(x, self.weight, self.bias)
 
