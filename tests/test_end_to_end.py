@@ -81,9 +81,10 @@ def test_train_step_is_sgd_on_compiled_gradients(rng):
     m = gc.compile(MLP(gc.nn.functional.relu), input_shape=(None, 6), loss="cross_entropy",
                    optimizer=gc.optim.SGD(lr=0.3), dtype="float64")
     x, y = rng.normal(size=(5, 6)), rng.integers(0, 3, size=5)
-    before, grads = m.parameters(), m.gradients(x, y)
-    loss = m.train_step(x, y)
-    assert loss == pytest.approx(m.loss(x, y) if False else loss)
+    before, grads, want = m.parameters(), m.gradients(x, y), m.loss(x, y)
+    loss = m.train_step(x, y)           # the loss at the parameters before the update
+    assert loss == pytest.approx(want, rel=1e-12)
+    assert m.loss(x, y) < want
     for name, p in m.parameters().items():
         assert_close(p, before[name] - 0.3 * grads[name], 1e-12, what=name)
 
@@ -93,6 +94,15 @@ def test_mlp_learns_digits_to_95_percent():
     accuracy, history = train(epochs=30, seed=0, verbose=False)
     assert history[-1] < history[0] / 5
     assert accuracy >= 0.95
+
+
+def test_attention_example_learns_digits():
+    """examples/attention_digits.py: slices, batched products, softmax, LayerNorm, GELU,
+    Adam, end to end on real data."""
+    from attention_digits import train
+    accuracy, history = train(verbose=False)
+    assert history[-1] < history[0] / 10
+    assert accuracy >= 0.93
 
 
 def test_regression_example_fits_a_smooth_function():
