@@ -14,7 +14,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .compiled import CompiledModel, compile
 from .functional import (abs, amax, cos, exp, log, log_softmax, max, maximum, mean, minimum,
                          relu, reshape, sigmoid, sin, softmax, softplus, sqrt, square, sum,
-                         tanh, transpose, where)
+                         tanh, transpose, where, cat, concat, stack)
 from .jit import grad, jit, value_and_grad
 from .nn.module import manual_seed
 from .tracing import Tensor
@@ -28,7 +28,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint",
     "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu", "softplus", "sqrt", "abs",
     "square", "maximum", "minimum", "sum", "mean", "max", "amax", "softmax", "log_softmax",
-    "reshape", "transpose", "where",
+    "reshape", "transpose", "where", "cat", "concat", "stack",
     "GraphcError", "ShapeError", "DTypeError", "OpError", "GraphError", "SpecError",
     "InputError", "CompileError", "NumericError",
 ]

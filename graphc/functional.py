@@ -11,7 +11,9 @@ import numpy as np
 from graphc.ir import OpError, ShapeError
 from graphc.ir.types import format_shape
 
-from .tracing import Tensor, as_tensor, matmul, reduce, where, _binary  # noqa: F401
+from .tracing import Tensor, as_tensor, cat, matmul, reduce, stack, where, _binary  # noqa: F401
+
+concat = cat
 
 
 def _unary(op, x, attrs=None) -> Tensor:

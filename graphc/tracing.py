@@ -263,7 +263,12 @@ def _binary(op, a, b) -> Tensor:
 
 def where(condition, a, b) -> Tensor:
     """``a`` where ``condition`` is nonzero, else ``b`` (``torch.where``); any of the three
-    may be a Python number, and they broadcast together."""
+    may be a Python number, and they broadcast together.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda x: gc.where(x > 0, x, 0.1 * x))(np.array([-2.0, 3.0]))
+    array([-0.2,  3. ])
+    """
     tensors = [v._t() for v in (a, b, condition) if isinstance(v, TensorOps)]
     if not tensors:
         raise ShapeError("where: one of condition, a, b must be a traced tensor")
@@ -274,7 +279,12 @@ def where(condition, a, b) -> Tensor:
 
 def getitem(t: Tensor, key) -> Tensor:
     """``t[key]`` for basic indexing: ints, slices, ``...`` and ``None``, NumPy's rules;
-    the batch axis can only be taken whole (``:``). The result is a copy."""
+    the batch axis can only be taken whole (``:``). The result is a copy.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda x: x[1:, ::-1])(np.arange(6.0).reshape(2, 3))
+    array([[5., 4., 3.]])
+    """
     key = key if isinstance(key, tuple) else (key,)
     shape = t.shape
     if sum(1 for k in key if k is Ellipsis) > 1:
@@ -357,6 +367,52 @@ def _batched_matmul(ta: Tensor, tb: Tensor) -> Tensor:
         ops.append(t)
         flags.append(flipped)
     return ops[0]._new("batch_matmul", ops, {"ta": flags[0], "tb": flags[1]})
+
+
+def cat(tensors, dim=0) -> Tensor:
+    """``torch.cat``: tensors of equal shape outside ``dim`` joined along it (a copy);
+    ``dim`` cannot be a compiled model's batch axis.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda a, b: gc.cat([a, b], dim=1))(np.ones((2, 1)), np.zeros((2, 2)))
+    array([[1., 0., 0.],
+           [1., 0., 0.]])
+    """
+    ts = [as_tensor(t) for t in tensors]
+    if not ts:
+        raise ShapeError("cat needs at least one tensor")
+    rank = ts[0].ndim
+    if rank == 0 or not -rank <= dim < rank:
+        raise ShapeError(f"cat: dim {dim} is out of range for shape {format_shape(ts[0].shape)}")
+    dim %= rank
+    for t in ts:
+        if t.ndim != rank or any(d != e for k, (d, e) in enumerate(zip(t.shape, ts[0].shape))
+                                 if k != dim):
+            raise ShapeError("cat: shapes " + ", ".join(format_shape(u.shape) for u in ts)
+                             + f" differ outside dim {dim}")
+    if ts[0].shape[dim] == BATCH:
+        raise ShapeError(f"cat: dim {dim} is the batch axis, whose size is only known at run "
+                         f"time")
+    return ts[0] if len(ts) == 1 else ts[0]._new("concat", ts, {"axis": dim})
+
+
+def stack(tensors, dim=0) -> Tensor:
+    """``torch.stack``: tensors of one shape joined along a new axis ``dim``.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda a, b: gc.stack([a, b], dim=1))(np.ones(2), np.zeros(2)).shape
+    (2, 2)
+    """
+    ts = [as_tensor(t) for t in tensors]
+    if not ts:
+        raise ShapeError("stack needs at least one tensor")
+    rank = ts[0].ndim + 1
+    if not -rank <= dim < rank:
+        raise ShapeError(f"stack: dim {dim} is out of range for {rank - 1}-D tensors")
+    if any(t.shape != ts[0].shape for t in ts):
+        raise ShapeError("stack: shapes " + ", ".join(format_shape(t.shape) for t in ts)
+                         + " differ")
+    return cat([t.unsqueeze(dim % rank) for t in ts], dim % rank)
 
 
 def matmul(a, b) -> Tensor:

@@ -135,3 +135,57 @@ def test_softmax_and_log_softmax_along_any_dim(dim):
                                atol=1e-14)
     with pytest.raises(gc.ShapeError, match=r"dim 3 is out of range for shape \(4, 5, 6\)"):
         gc.jit(lambda a: gc.softmax(a, 3))(X)
+
+
+# ------------------------------------------------------------------ cat / stack
+def test_cat_and_stack_match_numpy_values_and_gradients():
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=(2, 3)), rng.normal(size=(2, 5)), rng.normal(size=(2, 1))
+    np.testing.assert_allclose(gc.jit(lambda x, y, z: gc.cat([x, y, z], dim=1))(a, b, c),
+                               np.concatenate([a, b, c], 1))
+    np.testing.assert_allclose(gc.jit(lambda x, y: gc.cat((x, y)))(a, a * 2),
+                               np.concatenate([a, a * 2]))
+    np.testing.assert_allclose(gc.jit(lambda x, y: gc.stack([x, y], dim=-1))(a, a * 2),
+                               np.stack([a, a * 2], -1))
+    w = rng.normal(size=(2, 9))
+    ga, gb, gc_ = gc.grad(lambda x, y, z, ww: gc.sum(gc.sin(gc.cat([x, y, z], -1)) * ww),
+                          argnums=(0, 1, 2))(a, b, c, w)
+    full = np.cos(np.concatenate([a, b, c], 1)) * w
+    np.testing.assert_allclose(ga, full[:, :3])
+    np.testing.assert_allclose(gb, full[:, 3:8])
+    np.testing.assert_allclose(gc_, full[:, 8:])
+
+
+class Skip(gc.nn.Module):
+    """A DenseNet-style skip: the input joined to a layer's output along the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = gc.nn.Linear(4, 3)
+        self.out = gc.nn.Linear(7, 2)
+
+    def forward(self, x):
+        return self.out(gc.cat([x, gc.tanh(self.fc(x))], dim=1))
+
+
+def test_cat_of_batched_features_in_a_compiled_model():
+    gc.manual_seed(0)
+    m = gc.compile(Skip(), input_shape=(None, 4), loss="mse", dtype="float64")
+    p = m.parameters()
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    y = np.zeros((5, 2))
+    h = np.concatenate([x, np.tanh(x @ p["fc.weight"].T + p["fc.bias"])], 1)
+    out = h @ p["out.weight"].T + p["out.bias"]
+    np.testing.assert_allclose(m(x), out, rtol=1e-12)
+    np.testing.assert_allclose(m.gradients(x, y)["out.weight"], (2 * out / out.size).T @ h,
+                               rtol=1e-10)
+
+
+def test_cat_errors_name_the_shapes():
+    a = np.ones((2, 3))
+    with pytest.raises(gc.ShapeError, match=r"cat: shapes \(2, 3\), \(4, 2\) differ outside "
+                                            r"dim 0"):
+        gc.jit(lambda x, y: gc.cat([x, y]))(a, np.ones((4, 2)))
+    with pytest.raises(gc.ShapeError, match="dim 0 is the batch axis"):
+        gc.compile(type("Bad", (gc.nn.Module,), {"forward": lambda s, x: gc.cat([x, x])})(),
+                   input_shape=(None, 3))(a)

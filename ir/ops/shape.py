@@ -245,3 +245,83 @@ register(OpDef(
              Sample(shapes=((5,),), attrs={"index": ((5, 0, -1),), "shape": (6,)})),
     doc="the gradient of slice: zeros of the sliced operand's shape with the gradient "
         "placed where the slice took its elements"))
+
+
+# --- concat: operands joined along one (static) axis -----------------------
+
+def _concat_infer(types, attrs):
+    if not types:
+        raise ShapeError("concat needs at least one operand")
+    axis, first = attrs["axis"], types[0]
+    if not 0 <= axis < first.rank:
+        raise ShapeError(f"concat: axis {axis} is out of range for rank {first.rank}")
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) > 1:
+        raise ShapeError(f"concat needs operands of one dtype, got {sorted(dtypes)}")
+    for t in types:
+        if t.rank != first.rank or any(d != e for k, (d, e) in
+                                       enumerate(zip(t.shape, first.shape)) if k != axis):
+            raise ShapeError("concat: operands " + ", ".join(format_shape(u.shape) for u in types)
+                             + f" differ outside axis {axis}")
+        if t.shape[axis] == BATCH:
+            raise ShapeError(f"concat: axis {axis} is the batch axis")
+    return TensorType(first.shape[:axis] + (sum(t.shape[axis] for t in types),)
+                      + first.shape[axis + 1:], first.dtype)
+
+
+def _offsets(in_types, axis):
+    offsets, at = [], 0
+    for t in in_types:
+        offsets.append(at)
+        at += t.shape[axis]
+    return offsets
+
+
+def _concat_vjp(g, node, grad):
+    axis = node.attrs["axis"]
+    types = [g.type_of(a) for a in node.args]
+    grads = []
+    for t, at in zip(types, _offsets(types, axis)):
+        index = tuple((0, None, 1) if d == BATCH else (0, d, 1) for d in t.shape)
+        index = index[:axis] + ((at, at + t.shape[axis], 1),) + index[axis + 1:]
+        grads.append(g.add("slice", [grad], {"index": index}))
+    return grads
+
+
+def _concat_kernel(ctx):
+    axis, out, rank = ctx.attrs["axis"], ctx.out, ctx.out_type.rank
+    idx = [f"i{k}" for k in range(rank)]
+    for x, at in zip(ctx.args, _offsets(ctx.in_types, axis)):
+        for k in range(rank):
+            ctx.emit("    " * k + f"for i{k} in range({x}.shape[{k}]):")
+        dst = list(idx)
+        dst[axis] = f"{at} + i{axis}" if at else f"i{axis}"
+        ctx.emit("    " * rank + f"{out}[{', '.join(dst)}] = {x}[{', '.join(idx)}]")
+
+
+def _concat_cuda(ctx):
+    axis, out, rank = ctx.attrs["axis"], ctx.out, ctx.out_type.rank
+    idx = [f"j{k}" for k in range(rank)]
+    _cuda.grid_stride(ctx, f"{out}.size")
+    _cuda.unravel(ctx, "idx", [(idx[k], f"{out}.shape[{k}]") for k in range(rank)], "    ")
+    offsets = _offsets(ctx.in_types, axis)
+    last = len(offsets) - 1
+    for n, (x, at) in enumerate(zip(ctx.args, offsets)):
+        src = list(idx)
+        src[axis] = f"{idx[axis]} - {at}" if at else idx[axis]
+        ind = "        " if last else "    "
+        if last:      # the operand whose range holds the output index along the axis
+            ctx.emit("    else:" if n == last else
+                     f"    {'if' if n == 0 else 'elif'} {idx[axis]} < {offsets[n + 1]}:")
+        ctx.emit(f"{ind}{out}[{_cuda.index(idx)}] = {x}[{_cuda.index(src)}]")
+
+
+register(OpDef(
+    name="concat", infer=_concat_infer, kind=FusionKind.INJECTIVE, arity=None,
+    impl=lambda xs, a, shape: np.concatenate(xs, axis=a["axis"]),
+    kernel=_concat_kernel, cuda_kernel=_concat_cuda, vjp=_concat_vjp, attrs={"axis": 0},
+    samples=(Sample(shapes=((2, 3), (4, 3)), attrs={"axis": 0}),
+             Sample(shapes=((4, 2, 3), (4, 1, 3), (4, 3, 3)), attrs={"axis": 1},
+                    batch_dims=(0, 0, 0)),
+             Sample(shapes=((3,),), attrs={"axis": 0})),
+    doc="operands joined along a static axis (torch.cat)"))
