@@ -31,14 +31,14 @@ class Block(gc.nn.Module):
         F, w, dh = gc.nn.functional, self.width, self.width // HEADS
         h = self.embed(x.reshape(-1, T, D)) + self.pos                  # (N, T, w)
         qkv = self.qkv(h)
-        mixed = self.proj.bias
+        heads = []
         for i in range(HEADS):                        # each head: a slice of q, k and v
             q = qkv[..., i * dh:(i + 1) * dh]
             k = qkv[..., w + i * dh:w + (i + 1) * dh]
             v = qkv[..., 2 * w + i * dh:2 * w + (i + 1) * dh]
             att = F.softmax(q @ k.transpose(-2, -1) * (1.0 / np.sqrt(dh)), dim=-1)
-            # proj(concat(heads)) summed head by head: head i meets columns i*dh.. of W
-            mixed = mixed + (att @ v) @ self.proj.weight[:, i * dh:(i + 1) * dh].T
+            heads.append(att @ v)                                       # (N, T, dh)
+        mixed = self.proj(gc.cat(heads, dim=-1))
         h = self.norm1(h + mixed)
         h = self.norm2(h + self.ff2(F.gelu(self.ff1(h))))
         return self.head(h.mean(1))
