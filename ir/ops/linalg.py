@@ -37,18 +37,21 @@ def _impl(xs, a, shape):
     return x @ y
 
 
-def _vjp(g, node, grad):
-    a, b = node.args
-    ta, tb = node.attrs["ta"], node.attrs["tb"]
-    mm = lambda x, y, tx, ty: g.add("matmul", [x, y], {"ta": tx, "tb": ty})  # noqa: E731
-    # C = op(A) op(B); the four layouts of d/dA and d/dB as matmuls with flags, no copies
-    if not ta and not tb:
-        return [mm(grad, b, False, True), mm(a, grad, True, False)]
-    if not ta and tb:
-        return [mm(grad, b, False, False), mm(grad, a, True, False)]
-    if ta and not tb:
-        return [mm(b, grad, False, True), mm(a, grad, False, False)]
-    return [mm(b, grad, True, True), mm(grad, a, True, True)]
+def _vjp_of(op):
+    """The VJP of ``op`` (matmul or batch_matmul) in the same op: C = op(A) op(B); the
+    four layouts of d/dA and d/dB as products with flags, no copies."""
+    def vjp(g, node, grad):
+        a, b = node.args
+        ta, tb = node.attrs["ta"], node.attrs["tb"]
+        mm = lambda x, y, tx, ty: g.add(op, [x, y], {"ta": tx, "tb": ty})  # noqa: E731
+        if not ta and not tb:
+            return [mm(grad, b, False, True), mm(a, grad, True, False)]
+        if not ta and tb:
+            return [mm(grad, b, False, False), mm(grad, a, True, False)]
+        if ta and not tb:
+            return [mm(b, grad, False, True), mm(a, grad, False, False)]
+        return [mm(b, grad, True, True), mm(grad, a, True, True)]
+    return vjp
 
 
 def _kernel(ctx):
@@ -58,9 +61,14 @@ def _kernel(ctx):
 
 
 def _cuda_kernel(ctx):
-    """Tiled shared-memory matmul: each block computes one tile x tile block of the output."""
+    """Tiled shared-memory matmul: each block computes one tile x tile block of the output;
+    with leading dims (batch_matmul), blockIdx.z walks the leading indices."""
     a, b, out = ctx.args[0], ctx.args[1], ctx.out
     ta, tb, t = ctx.attrs["ta"], ctx.attrs["tb"], ctx.tile
+    rank = ctx.out_type.rank
+    lead = [f"l{d}" for d in range(rank - 2)]
+    pre = "".join(f"{name}, " for name in lead)
+    ind = "    " if lead else ""
     zero = ctx.lit(0.0)
     ctx.emit(f"sa = cuda.shared.array(({t}, {t}), {ctx.nbtype})")
     ctx.emit(f"sb = cuda.shared.array(({t}, {t}), {ctx.nbtype})")
@@ -68,34 +76,45 @@ def _cuda_kernel(ctx):
     ctx.emit("ty = cuda.threadIdx.y")
     ctx.emit(f"row = cuda.blockIdx.y * {t} + ty")
     ctx.emit(f"col = cuda.blockIdx.x * {t} + tx")
-    ctx.emit(f"m = {out}.shape[0]")
-    ctx.emit(f"n = {out}.shape[1]")
-    ctx.emit(f"k = {a}.shape[{0 if ta else 1}]")
-    ctx.emit(f"acc = {zero}")
-    ctx.emit(f"for k0 in range(0, k, {t}):")
-    ctx.emit("    ka = k0 + tx")
-    ctx.emit("    kb = k0 + ty")
-    ctx.emit("    if row < m and ka < k:")
-    ctx.emit(f"        sa[ty, tx] = {a}[{'ka, row' if ta else 'row, ka'}]")
-    ctx.emit("    else:")
-    ctx.emit(f"        sa[ty, tx] = {zero}")
-    ctx.emit("    if kb < k and col < n:")
-    ctx.emit(f"        sb[ty, tx] = {b}[{'col, kb' if tb else 'kb, col'}]")
-    ctx.emit("    else:")
-    ctx.emit(f"        sb[ty, tx] = {zero}")
-    ctx.emit("    cuda.syncthreads()")
-    ctx.emit(f"    for kk in range({t}):")
-    ctx.emit("        acc += sa[ty, kk] * sb[kk, tx]")
-    ctx.emit("    cuda.syncthreads()")
-    ctx.emit("if row < m and col < n:")
-    ctx.emit(f"    {out}[row, col] = acc")
-    ctx.launch = (f"(max(1, ({out}.shape[1] + {t - 1}) // {t}), "
-                  f"max(1, ({out}.shape[0] + {t - 1}) // {t}))", f"({t}, {t})")
+    ctx.emit(f"m = {out}.shape[{rank - 2}]")
+    ctx.emit(f"n = {out}.shape[{rank - 1}]")
+    ctx.emit(f"k = {a}.shape[{rank - 2 if ta else rank - 1}]")
+    if lead:
+        ctx.emit(f"for z in range(cuda.blockIdx.z, {_leading(out, rank)}, cuda.gridDim.z):")
+        _cuda.unravel(ctx, "z", [(lead[d], f"{out}.shape[{d}]") for d in range(rank - 2)],
+                      ind)
+    ctx.emit(f"{ind}acc = {zero}")
+    ctx.emit(f"{ind}for k0 in range(0, k, {t}):")
+    ctx.emit(f"{ind}    ka = k0 + tx")
+    ctx.emit(f"{ind}    kb = k0 + ty")
+    ctx.emit(f"{ind}    if row < m and ka < k:")
+    ctx.emit(f"{ind}        sa[ty, tx] = {a}[{pre}{'ka, row' if ta else 'row, ka'}]")
+    ctx.emit(f"{ind}    else:")
+    ctx.emit(f"{ind}        sa[ty, tx] = {zero}")
+    ctx.emit(f"{ind}    if kb < k and col < n:")
+    ctx.emit(f"{ind}        sb[ty, tx] = {b}[{pre}{'col, kb' if tb else 'kb, col'}]")
+    ctx.emit(f"{ind}    else:")
+    ctx.emit(f"{ind}        sb[ty, tx] = {zero}")
+    ctx.emit(f"{ind}    cuda.syncthreads()")
+    ctx.emit(f"{ind}    for kk in range({t}):")
+    ctx.emit(f"{ind}        acc += sa[ty, kk] * sb[kk, tx]")
+    ctx.emit(f"{ind}    cuda.syncthreads()")
+    ctx.emit(f"{ind}if row < m and col < n:")
+    ctx.emit(f"{ind}    {out}[{pre}row, col] = acc")
+    grid = (f"max(1, ({out}.shape[{rank - 1}] + {t - 1}) // {t}), "
+            f"max(1, ({out}.shape[{rank - 2}] + {t - 1}) // {t})")
+    if lead:
+        grid += f", max(1, min(65535, {_leading(out, rank)}))"
+    ctx.launch = (f"({grid})", f"({t}, {t})")
+
+
+def _leading(array, rank):
+    return " * ".join(f"{array}.shape[{d}]" for d in range(rank - 2))
 
 
 register(OpDef(
     name="matmul", infer=_infer, impl=_impl, kind=FusionKind.OUT_FUSABLE, arity=2,
-    kernel=_kernel, cuda_kernel=_cuda_kernel, vjp=_vjp, attrs={"ta": False, "tb": False},
+    kernel=_kernel, cuda_kernel=_cuda_kernel, vjp=_vjp_of("matmul"), attrs={"ta": False, "tb": False},
     samples=(Sample(shapes=((3, 4), (4, 5))),
              Sample(shapes=((3, 4), (5, 4)), attrs={"tb": True}),
              Sample(shapes=((4, 3), (4, 5)), attrs={"ta": True}),
@@ -128,23 +147,6 @@ def _batch_impl(xs, a, shape):
     return x @ y
 
 
-def _batch_vjp(g, node, grad):
-    a, b = node.args
-    ta, tb = node.attrs["ta"], node.attrs["tb"]
-    mm = lambda x, y, tx, ty: g.add("batch_matmul", [x, y], {"ta": tx, "tb": ty})  # noqa: E731
-    if not ta and not tb:
-        return [mm(grad, b, False, True), mm(a, grad, True, False)]
-    if not ta and tb:
-        return [mm(grad, b, False, False), mm(grad, a, True, False)]
-    if ta and not tb:
-        return [mm(b, grad, False, True), mm(a, grad, False, False)]
-    return [mm(b, grad, True, True), mm(grad, a, True, True)]
-
-
-def _leading(array, rank):
-    return " * ".join(f"{array}.shape[{d}]" for d in range(rank - 2))
-
-
 def _batch_kernel(ctx):
     """One BLAS gemm per leading index, on 2-D slices of the operands seen as 3-D."""
     (a, b), out = ctx.args, ctx.out
@@ -157,51 +159,9 @@ def _batch_kernel(ctx):
              f"1.0, 0.0)")
 
 
-def _batch_cuda_kernel(ctx):
-    """The tiled matmul with the leading index from blockIdx.z (block-stride over it)."""
-    a, b, out = ctx.args[0], ctx.args[1], ctx.out
-    ta, tb, t = ctx.attrs["ta"], ctx.attrs["tb"], ctx.tile
-    rank = ctx.out_type.rank
-    lead = [f"l{d}" for d in range(rank - 2)]
-    zero = ctx.lit(0.0)
-    ctx.emit(f"sa = cuda.shared.array(({t}, {t}), {ctx.nbtype})")
-    ctx.emit(f"sb = cuda.shared.array(({t}, {t}), {ctx.nbtype})")
-    ctx.emit("tx = cuda.threadIdx.x")
-    ctx.emit("ty = cuda.threadIdx.y")
-    ctx.emit(f"row = cuda.blockIdx.y * {t} + ty")
-    ctx.emit(f"col = cuda.blockIdx.x * {t} + tx")
-    ctx.emit(f"m = {out}.shape[{rank - 2}]")
-    ctx.emit(f"n = {out}.shape[{rank - 1}]")
-    ctx.emit(f"k = {a}.shape[{rank - 2 if ta else rank - 1}]")
-    ctx.emit(f"for z in range(cuda.blockIdx.z, {_leading(out, rank)}, cuda.gridDim.z):")
-    _cuda.unravel(ctx, "z", [(lead[d], f"{out}.shape[{d}]") for d in range(rank - 2)], "    ")
-    pre = ", ".join(lead) + ", "
-    ctx.emit(f"    acc = {zero}")
-    ctx.emit(f"    for k0 in range(0, k, {t}):")
-    ctx.emit("        ka = k0 + tx")
-    ctx.emit("        kb = k0 + ty")
-    ctx.emit("        if row < m and ka < k:")
-    ctx.emit(f"            sa[ty, tx] = {a}[{pre}{'ka, row' if ta else 'row, ka'}]")
-    ctx.emit("        else:")
-    ctx.emit(f"            sa[ty, tx] = {zero}")
-    ctx.emit("        if kb < k and col < n:")
-    ctx.emit(f"            sb[ty, tx] = {b}[{pre}{'col, kb' if tb else 'kb, col'}]")
-    ctx.emit("        else:")
-    ctx.emit(f"            sb[ty, tx] = {zero}")
-    ctx.emit("        cuda.syncthreads()")
-    ctx.emit(f"        for kk in range({t}):")
-    ctx.emit("            acc += sa[ty, kk] * sb[kk, tx]")
-    ctx.emit("        cuda.syncthreads()")
-    ctx.emit("    if row < m and col < n:")
-    ctx.emit(f"        {out}[{pre}row, col] = acc")
-    ctx.launch = (f"(max(1, ({out}.shape[{rank - 1}] + {t - 1}) // {t}), "
-                  f"max(1, ({out}.shape[{rank - 2}] + {t - 1}) // {t}), "
-                  f"max(1, min(65535, {_leading(out, rank)})))", f"({t}, {t})")
-
-
 register(OpDef(
     name="batch_matmul", infer=_batch_infer, impl=_batch_impl, kind=FusionKind.OUT_FUSABLE,
-    arity=2, kernel=_batch_kernel, cuda_kernel=_batch_cuda_kernel, vjp=_batch_vjp,
+    arity=2, kernel=_batch_kernel, cuda_kernel=_cuda_kernel, vjp=_vjp_of("batch_matmul"),
     attrs={"ta": False, "tb": False},
     samples=(Sample(shapes=((2, 3, 4), (2, 4, 5))),
              Sample(shapes=((3, 2, 3, 4), (3, 2, 5, 4)), attrs={"tb": True},

@@ -70,36 +70,47 @@ def _perm(node_attrs, rank):
     return tuple(reversed(range(rank))) if perm is None else tuple(perm)
 
 
+def _copy_nest(ctx, over: str, dst: str, dst_index, src: str, src_index):
+    """Loops over the shape of array ``over`` (indices i0, i1, ...) around one copy
+    ``dst[dst_index] = src[src_index]`` (index lists of source text)."""
+    rank = len(dst_index)
+    for k in range(rank):
+        ctx.emit("    " * k + f"for i{k} in range({over}.shape[{k}]):")
+    ctx.emit("    " * rank + f"{dst}[{', '.join(dst_index)}] = {src}[{', '.join(src_index)}]")
+
+
+def _grid_copy(ctx, dst: str, dst_index, src: str, src_index):
+    """CUDA: a grid-stride loop over ``dst`` (indices i0, ...) copying one element each."""
+    rank = ctx.out_type.rank
+    _cuda.grid_stride(ctx, f"{ctx.out}.size")
+    _cuda.unravel(ctx, "idx", [(f"i{k}", f"{ctx.out}.shape[{k}]") for k in range(rank)],
+                  "    ")
+    ctx.emit(f"    {dst}[{_cuda.index(dst_index)}] = {src}[{_cuda.index(src_index)}]")
+
+
 def _transpose_vjp(g, node, grad):
     perm = _perm(node.attrs, len(node.shape))
     inv = tuple(int(i) for i in np.argsort(perm))
     return [g.add("transpose", [grad], {"perm": inv})]
 
 
-def _transpose_kernel(ctx):
-    x, out = ctx.args[0], ctx.out
+def _transpose_source(ctx):
     rank = ctx.out_type.rank
-    perm = _perm(ctx.attrs, rank)
     idx = [f"i{k}" for k in range(rank)]
     src = [None] * rank
-    for k, axis in enumerate(perm):
+    for k, axis in enumerate(_perm(ctx.attrs, rank)):
         src[axis] = idx[k]
-    for k in range(rank):
-        ctx.emit("    " * k + f"for i{k} in range({out}.shape[{k}]):")
-    ctx.emit("    " * rank + f"{out}[{', '.join(idx)}] = {x}[{', '.join(src)}]")
+    return idx, src
+
+
+def _transpose_kernel(ctx):
+    idx, src = _transpose_source(ctx)
+    _copy_nest(ctx, ctx.out, ctx.out, idx, ctx.args[0], src)
 
 
 def _transpose_cuda(ctx):
-    x, out = ctx.args[0], ctx.out
-    rank = ctx.out_type.rank
-    perm = _perm(ctx.attrs, rank)
-    idx = [f"i{k}" for k in range(rank)]
-    src = [None] * rank
-    for k, axis in enumerate(perm):
-        src[axis] = idx[k]
-    _cuda.grid_stride(ctx, f"{out}.size")
-    _cuda.unravel(ctx, "idx", [(idx[k], f"{out}.shape[{k}]") for k in range(rank)], "    ")
-    ctx.emit(f"    {out}[{_cuda.index(idx)}] = {x}[{_cuda.index(src)}]")
+    idx, src = _transpose_source(ctx)
+    _grid_copy(ctx, ctx.out, idx, ctx.args[0], src)
 
 
 register(OpDef(
@@ -158,23 +169,13 @@ def _src_index(index, names):
 
 
 def _slice_kernel(ctx):
-    x, out = ctx.args[0], ctx.out
-    rank = ctx.out_type.rank
-    idx = [f"i{k}" for k in range(rank)]
-    for k in range(rank):
-        ctx.emit("    " * k + f"for i{k} in range({out}.shape[{k}]):")
-    src = _src_index(ctx.attrs["index"], idx)
-    ctx.emit("    " * rank + f"{out}[{', '.join(idx)}] = {x}[{', '.join(src)}]")
+    idx = [f"i{k}" for k in range(ctx.out_type.rank)]
+    _copy_nest(ctx, ctx.out, ctx.out, idx, ctx.args[0], _src_index(ctx.attrs["index"], idx))
 
 
 def _slice_cuda(ctx):
-    x, out = ctx.args[0], ctx.out
-    rank = ctx.out_type.rank
-    idx = [f"i{k}" for k in range(rank)]
-    _cuda.grid_stride(ctx, f"{out}.size")
-    _cuda.unravel(ctx, "idx", [(idx[k], f"{out}.shape[{k}]") for k in range(rank)], "    ")
-    src = _src_index(ctx.attrs["index"], idx)
-    ctx.emit(f"    {out}[{_cuda.index(idx)}] = {x}[{_cuda.index(src)}]")
+    idx = [f"i{k}" for k in range(ctx.out_type.rank)]
+    _grid_copy(ctx, ctx.out, idx, ctx.args[0], _src_index(ctx.attrs["index"], idx))
 
 
 register(OpDef(
@@ -207,13 +208,9 @@ def _slice_grad_impl(xs, a, shape):
 
 def _slice_grad_kernel(ctx):
     g, out = ctx.args[0], ctx.out
-    rank = ctx.out_type.rank
     ctx.emit(f"{out}[:] = 0")
-    idx = [f"i{k}" for k in range(rank)]
-    for k in range(rank):
-        ctx.emit("    " * k + f"for i{k} in range({g}.shape[{k}]):")
-    dst = _src_index(ctx.attrs["index"], idx)
-    ctx.emit("    " * rank + f"{out}[{', '.join(dst)}] = {g}[{', '.join(idx)}]")
+    idx = [f"i{k}" for k in range(ctx.out_type.rank)]
+    _copy_nest(ctx, g, out, _src_index(ctx.attrs["index"], idx), g, idx)
 
 
 def _slice_grad_cuda(ctx):
@@ -289,14 +286,12 @@ def _concat_vjp(g, node, grad):
 
 
 def _concat_kernel(ctx):
-    axis, out, rank = ctx.attrs["axis"], ctx.out, ctx.out_type.rank
+    axis, rank = ctx.attrs["axis"], ctx.out_type.rank
     idx = [f"i{k}" for k in range(rank)]
     for x, at in zip(ctx.args, _offsets(ctx.in_types, axis)):
-        for k in range(rank):
-            ctx.emit("    " * k + f"for i{k} in range({x}.shape[{k}]):")
         dst = list(idx)
         dst[axis] = f"{at} + i{axis}" if at else f"i{axis}"
-        ctx.emit("    " * rank + f"{out}[{', '.join(dst)}] = {x}[{', '.join(idx)}]")
+        _copy_nest(ctx, x, ctx.out, dst, x, idx)
 
 
 def _concat_cuda(ctx):
