@@ -6,7 +6,6 @@ test accuracy.
     python examples/attention_digits.py [--epochs 40] [--no-fuse]
 """
 import argparse
-import time
 
 import numpy as np
 
@@ -50,20 +49,12 @@ def train(epochs=40, batch_size=64, lr=3e-3, fuse=True, seed=0, verbose=True):
     xtr, ytr, xte, yte = gc.datasets.load_digits(seed=seed)
     model = gc.compile(Block(), input_shape=(None, T * D), loss="cross_entropy",
                        optimizer=gc.optim.Adam(lr=lr), fuse=fuse)
-    rng = np.random.default_rng(seed)
-    history = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        losses = [model.train_step(xb, yb)
-                  for xb, yb in gc.datasets.batches(xtr, ytr, batch_size, rng=rng)]
-        history.append(float(np.mean(losses)))
-        if verbose:
-            print(f"epoch {epoch + 1:3d}  loss {history[-1]:.4f}  "
-                  f"({(time.perf_counter() - t0) * 1e3:.1f} ms)")
+    history = gc.fit(model, xtr, ytr, epochs=epochs, batch_size=batch_size, seed=seed,
+                     validation_data=(xte, yte), progress=verbose)
     accuracy = float(np.mean(model(xte).argmax(axis=1) == yte))
     if verbose:
         print(f"test accuracy: {accuracy:.4f} on {len(yte)} held-out digits")
-    return accuracy, history
+    return accuracy, history.loss
 
 
 if __name__ == "__main__":
