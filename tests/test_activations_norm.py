@@ -85,8 +85,9 @@ def _net(nn):
                          nn.GELU(approximate="tanh"))
 
 
-@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
-def test_model_matches_pytorch(fuse):
+# fused only: the unfused kernels of these ops are the registry's op tests' (each op
+# alone, against the interpreter), and compiling the model twice cost CI 35-45 s
+def test_model_matches_pytorch(fuse=True):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tnet = _net(torch.nn).double()

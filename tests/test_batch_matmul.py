@@ -68,8 +68,9 @@ class Attention(gc.nn.Module):
         return self.out(h.mean(1))
 
 
-@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
-def test_self_attention_matches_pytorch(fuse):
+# fused only: the unfused kernels of these ops are the registry's op tests' (each op
+# alone, against the interpreter), and compiling the model twice cost CI 35-45 s
+def test_self_attention_matches_pytorch(fuse=True):
     torch = pytest.importorskip("torch")
 
     class TorchAttention(torch.nn.Module):
