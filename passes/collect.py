@@ -266,13 +266,14 @@ def collect_terms(graph):
             expr = _sum(_parts(tree.poly))
         if _op_count(expr) >= len(tree.inner):
             continue
+        memo: dict = {}
         if expr[0] == "const":
             new = graph.constant(expr[1], ttype.dtype, ttype.shape)
         else:
-            new = _materialize(graph, expr, ttype, {})
+            new = _materialize(graph, expr, ttype, memo)
         if graph.type_of(new) != ttype:
             continue               # cannot happen with same-type atoms; never change a type
-        built = nx.ancestors(graph.nx, new) | {new}   # may reuse nodes of the old tree
+        built = set(memo.values()) | {new}   # may reuse (hash-consed) nodes of the old tree
         live |= built
         live -= tree.inner - built
         replace(graph, root, new)
