@@ -307,7 +307,9 @@ def _scale_means(g, reds, src, rank) -> list[str]:
             count = " * ".join(f"{var(src)}.shape[{a}]" for a in _axes(g, r, rank)) or "1"
             one = literal(1.0, g.type_of(r).dtype)
             lines.append(f"    scale{r} = {one} / ({count})")
-            lines.append(f"    {var(r)}[{'()' if g.type_of(r).rank == 0 else ':'}] *= scale{r}")
+            # in place on the array itself: Numba gives ``a[:] *= s`` a temporary (an
+            # allocation per step), ``a *= s`` none
+            lines.append(f"    {var(r)}{'[()]' if g.type_of(r).rank == 0 else ''} *= scale{r}")
     return lines
 
 

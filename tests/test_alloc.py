@@ -33,10 +33,31 @@ def _conv_net():
                             gc.nn.Flatten(), gc.nn.Linear(2 * 3 * 3, CLASSES))
 
 
-@pytest.fixture(scope="module", params=["mlp", "conv"])
+class _Attention(gc.nn.Module):
+    """Slices, batched products, softmax over a middle dim, cat, where, LayerNorm (whose
+    means are scaled after their reduction loops: that line allocated once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = gc.nn.Linear(4, 12)
+        self.norm = gc.nn.LayerNorm(4)
+        self.out = gc.nn.Linear(8, CLASSES)
+
+    def forward(self, x):
+        h = x.reshape(-1, 4, 4)
+        qkv = self.qkv(h)
+        q, k, v = qkv[..., :4], qkv[..., 4:8], qkv[..., 8:]
+        h = self.norm(h + gc.softmax(q @ k.transpose(-2, -1), dim=1) @ v)
+        z = gc.cat([h[:, 0], gc.nn.functional.gelu(h[:, -1])], dim=1)
+        return self.out(gc.where(z > 0, z, 0.1 * z))
+
+
+@pytest.fixture(scope="module", params=["mlp", "conv", "attention"])
 def model(request):
     gc.manual_seed(0)
-    if request.param == "mlp":
+    if request.param == "attention":
+        net, shape = _Attention(), (X_COLS,)
+    elif request.param == "mlp":
         net = gc.nn.Sequential(gc.nn.Linear(X_COLS, HIDDEN), gc.nn.ReLU(),
                                gc.nn.Linear(HIDDEN, CLASSES))
         shape = (X_COLS,)
