@@ -218,6 +218,14 @@ def _emit_sum_parts(ctx, ind, dst, scratch, index):
     ctx.emit(f"{ind}{dst} = total")
 
 
+def _emit_sum_dw(ctx, g, sums):
+    """dw3[grp, o, k] = the parts' sums ``sums[part, grp, o, k]``, added in part order."""
+    ctx.emit(f"for grp in range({g.G}):")
+    ctx.emit(f"    for o in range({g.Og}):")
+    ctx.emit(f"        for k in range({g.K}):")
+    _emit_sum_parts(ctx, "            ", "dw3[grp, o, k]", sums, "grp, o, k")
+
+
 def _emit_rows_taps(ctx, g, ind, valid, pad=None, samples="range(nb)"):
     """Loops over every (output pixel row, tap) of group ``grp`` for all samples:
     ``row`` = (b, oh, ow), ``r + kw`` = (c, kh, kw), input pixel (``ch``, ``ih``, ``iw``).
@@ -580,10 +588,7 @@ def _grad_weight_kernel(ctx):
     ctx.emit(f"{ind}    c2 = cols3[grp]")
     _emit_im2col_rows(ctx, x, g, ind + "    ", samples=samples)
     ctx.emit(f"{ind}    gemm(grows3[grp, {rows}], c2[{rows}], acc[grp], True, False, 1.0, 0.0)")
-    ctx.emit(f"for grp in range({g.G}):")
-    ctx.emit(f"    for o in range({g.Og}):")
-    ctx.emit(f"        for k in range({g.K}):")
-    _emit_sum_parts(ctx, "            ", "dw3[grp, o, k]", sums, "grp, o, k")
+    _emit_sum_dw(ctx, g, sums)
 
 
 def _grad_weight_per_sample_kernel(ctx, g):
@@ -728,10 +733,7 @@ def _grad_weight_taps_kernel(ctx, g):
                         [f"t0 + {j}" if j else "t0" for j in range(tb)], zero)
     if full < g.K:
         _emit_tap_block(ctx, g, p + "        ", [str(t) for t in range(full, g.K)], zero)
-    ctx.emit(f"for grp in range({g.G}):")
-    ctx.emit(f"    for o in range({g.Og}):")
-    ctx.emit(f"        for k in range({g.K}):")
-    _emit_sum_parts(ctx, "            ", "dw3[grp, o, k]", ctx.scratch[1], "grp, o, k")
+    _emit_sum_dw(ctx, g, ctx.scratch[1])
 
 
 def _emit_tap_block(ctx, g, ind, taps, zero):
