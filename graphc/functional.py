@@ -111,6 +111,14 @@ def gelu(x, approximate="none"):
     return t * (erf(t * float(1.0 / np.sqrt(2.0))) + 1.0) * 0.5
 
 
+def _centered(x, axes):
+    """(mean, x - mean, biased variance) over ``axes``, kept for broadcasting: the
+    statistics layer_norm and batch_norm (in training) normalise with."""
+    mean = reduce("reduce_mean", x, axes, True)
+    xc = x - mean
+    return mean, xc, reduce("reduce_mean", xc * xc, axes, True)
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
     """``F.layer_norm``: normalise over the last ``len(normalized_shape)`` dims with the
     biased variance, then scale by ``weight`` and shift by ``bias`` (both of
@@ -121,10 +129,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # no
     if k == 0 or k > x.ndim or tuple(x.shape[-k:]) != shape:
         raise ShapeError(f"layer_norm: normalized_shape {shape} does not match the trailing "
                          f"dims of input {format_shape(x.shape)}")
-    axes = tuple(range(x.ndim - k, x.ndim))
-    mean = reduce("reduce_mean", x, axes, True)
-    xc = x - mean
-    var = reduce("reduce_mean", xc * xc, axes, True)
+    _, xc, var = _centered(x, tuple(range(x.ndim - k, x.ndim)))
     y = xc * ((var + eps) ** -0.5)
     if weight is not None:
         y = y * as_tensor(weight)
@@ -281,9 +286,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa
     axes = (0,) + tuple(range(2, x.ndim))
     bshape = (1, C) + (1,) * (x.ndim - 2)
     if training:
-        mean = reduce("reduce_mean", x, axes, True)
-        xc = x - mean
-        var = reduce("reduce_mean", xc * xc, axes, True)
+        mean, xc, var = _centered(x, axes)
         if running_mean is not None and running_var is not None:
             count = x._new("shape_size", [x], {"axes": axes, "dtype": x.dtype})
             unbiased = var.reshape(C) * (count / (count - 1.0))
