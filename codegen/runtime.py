@@ -187,6 +187,8 @@ class Executable:
             try:
                 chunks = self._chunks_for(batch, bufs) if self.split_plan else None
                 if chunks is None:
+                    # two plain calls, not ``with (... else nullcontext())``: a context
+                    # object per step is an allocation tests/test_alloc.py catches
                     if self.one_blas_thread:
                         with OneThread():
                             self.module.run(*arrays, *bufs)
