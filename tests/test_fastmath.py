@@ -67,11 +67,13 @@ def test_accuracy_and_special_values(name, loop_flags):
     normal = np.isfinite(ref32) & (np.abs(ref32) >= TINY)
     rel = np.abs(out[normal] - ref[normal]) / np.abs(ref[normal])
     assert rel.max() <= MAX_REL_ERROR, (name, X[normal][rel.argmax()], rel.max())
-    # outside the normal range: inf/nan/0 exactly as NumPy, denormals within 3 units
+    # outside the normal range: inf/nan/0 exactly as NumPy, denormals within 3 units plus
+    # the functions' own relative bound (1e-6: near the normal range a denormal still
+    # carries 22 bits, where sigmoid's 5e-7 is 3-4 units)
     rest = ~normal
     with np.errstate(invalid="ignore"):
         same = ((out[rest] == ref32[rest]) | (np.isnan(out[rest]) & np.isnan(ref32[rest]))
-                | (np.abs(out[rest] - ref[rest]) <= 3 * 2.0 ** -149))
+                | (np.abs(out[rest] - ref[rest]) <= 3 * 2.0 ** -149 + 1e-6 * np.abs(ref[rest])))
     assert same.all(), (name, X[rest][~same][:5], out[rest][~same][:5], ref32[rest][~same][:5])
 
 
