@@ -31,7 +31,7 @@ from .parallel import (COMBINE, MIN_CHUNK_ELEMENTS, chunk_bounds, forked_after_o
                        row_split_plan, sample_parts, thread_count, worker_pool)
 from .schedule import arena_sizes, build_schedule, scratch_arenas
 
-MAX_BATCH_SIZES = 8
+MAX_BATCH_SIZES = 8   # buffer sets kept (least recently used dropped)
 # id(graph) -> (graph, schedule, source, module): a graph object compiled again (e.g.
 # the optimized graph that ``gc.compile`` shares between identical models) skips
 # scheduling, emission and the module import; the entry keeps the graph alive, so its
@@ -48,7 +48,9 @@ def first_outside(labels, classes):
     for i in range(labels.size):
         if labels[i] < 0 or labels[i] >= classes:
             return i
-    return -1   # buffer sets kept (least recently used dropped)
+    return -1
+
+
 _DTYPES = {name: np.dtype(name) for name in ("float32", "float64", "int64")}
 
 
