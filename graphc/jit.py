@@ -1,7 +1,11 @@
 """``gc.jit``, ``gc.grad`` and ``gc.value_and_grad`` for plain Python functions.
 
 Arguments may be Python numbers (traced as float64 scalars) or NumPy arrays (their own
-shape and dtype). Each new signature is traced and compiled once, then cached.
+shape and dtype). Each new signature is traced and compiled once, then cached. NumPy
+arrays the function closes over (or reads as globals) are captured when it is traced, as
+``jax.jit`` bakes in constants: they become inputs of role ``const`` (named as in the
+function, visible in ``lower()``), passed on every call from copies made at tracing time,
+in the dtype of the arguments; no gradient flows to them.
 
 >>> import graphc as gc
 >>> def f(x1, x2):
@@ -53,22 +57,39 @@ class _Traced:
     def __init__(self, fn, fuse=True):
         self.fn = fn
         self.fuse = fuse
-        self._cache = {}
+        self._cache = {}     # signature -> executable
+        self._consts = {}    # signature -> captured arrays, passed after the arguments
         functools.update_wrapper(self, fn)
 
-    def build(self, sig):
+    def build(self, sig, captures):
         raise NotImplementedError
 
     def compiled(self, args):
+        """The executable for arguments like ``args``; its inputs are the arguments, then
+        the captured arrays (``captured(args)``)."""
         sig = _signature(args)
         exe = self._cache.get(sig)
         if exe is None:
-            graph = self.build(sig)
+            captures = []
+            graph = self.build(sig, captures)
             graph, _ = optimize(graph, fuse=self.fuse)
             from graphc.codegen import compile_graph   # Numba loads on first compile
             exe = compile_graph(graph)
+            self._consts[sig] = captures
             self._cache[sig] = exe
         return exe
+
+    def captured(self, args) -> list:
+        """The arrays captured when tracing for arguments like ``args``, in input order.
+
+        >>> import numpy as np, graphc as gc
+        >>> w = np.array([1.0, 2.0])
+        >>> f = gc.jit(lambda x: x * w)
+        >>> f(np.ones(2)), f.captured((np.ones(2),))
+        (array([1., 2.]), [array([1., 2.])])
+        """
+        self.compiled(args)
+        return self._consts[_signature(args)]
 
     def lower(self, *args) -> str:
         """The optimized IR text for these arguments (like ``jax.make_jaxpr``)."""
@@ -79,15 +100,17 @@ class _Traced:
 
     def _run(self, args):
         exe = self.compiled(args)
-        return [_scalarize(o) for o in exe.run(list(args))]
+        consts = self._consts[_signature(args)]
+        # captured arrays are ours, made with the graph's dtype and shape: unchecked
+        trusted = range(len(args), len(args) + len(consts)) if consts else ()
+        return [_scalarize(o) for o in exe.run(list(args) + consts, trusted=trusted)]
 
 
 class jit(_Traced):
     """Compile ``fn`` (traced on first call per argument signature)."""
 
-    def build(self, sig):
-        graph = trace_function(self.fn, sig, dtype=_float_dtype(sig))
-        return graph
+    def build(self, sig, captures):
+        return trace_function(self.fn, sig, dtype=_float_dtype(sig), captures=captures)
 
     def __call__(self, *args):
         graph_multi = None
@@ -116,8 +139,8 @@ class value_and_grad(_Traced):
         super().__init__(fn, fuse)
         self.argnums = argnums
 
-    def build(self, sig):
-        graph = trace_function(self.fn, sig, dtype=_float_dtype(sig))
+    def build(self, sig, captures):
+        graph = trace_function(self.fn, sig, dtype=_float_dtype(sig), captures=captures)
         if len(graph.outputs) != 1 or graph.type_of(graph.outputs[0]).rank != 0:
             shapes = [graph.type_of(o).shape for o in graph.outputs]
             raise ShapeError(f"grad needs a function with one scalar output, got shapes {shapes}")

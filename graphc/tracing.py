@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from graphc.ir import BATCH, Graph, ShapeError, TensorType
+from graphc.ir import BATCH, DTypeError, Graph, ShapeError, TensorType
 from graphc.ir.ops._util import broadcast_shapes
 from graphc.ir.types import format_shape
 
@@ -32,6 +32,33 @@ class TraceContext:
         self.buffer_updates: dict = {}  # buffer name -> node id
         self.rng_counter = 0
         self.scope: list[str] = []      # names of the modules being called, innermost last
+        # arrays the traced function closed over become "const" inputs (gc.jit and
+        # friends); None where they are an error (a Module holds its arrays as buffers)
+        self.captures: list | None = None
+        self.capture_ids: dict = {}     # id(array) -> node id, one input per array
+        self.capture_names: dict = {}   # id(array) -> the name it has in the function
+
+    def capture(self, value: np.ndarray) -> int:
+        """The ``const`` input holding a copy of ``value`` (made on first use)."""
+        nid = self.capture_ids.get(id(value))
+        if nid is not None:
+            return nid
+        if value.dtype.kind not in "biuf":
+            raise DTypeError(f"a NumPy array of shape {format_shape(value.shape)} and dtype "
+                             f"{value.dtype} was used inside a traced function; only "
+                             f"numeric arrays can be captured")
+        dtype = self.graph.meta.get("dtype", "float32")
+        taken = {self.graph.nx.nodes[i].get("name") for i in self.graph.inputs}
+        name = self.capture_names.get(id(value))
+        if name is None or name in taken:
+            name = next(f"const{k}" for k in range(len(taken) + 1) if f"const{k}" not in taken)
+        # a copy: the value is baked in when the function is traced (as in jax.jit), so
+        # later changes to the caller's array do not reach compiled calls
+        array = np.array(value, dtype=dtype, order="C")
+        nid = self.graph.add_input(TensorType(array.shape, dtype), name, "const")
+        self.capture_ids[id(value)] = nid
+        self.captures.append(array)
+        return nid
 
 
 def current() -> TraceContext:
@@ -250,8 +277,12 @@ def as_tensor(value, like: Tensor | None = None) -> Tensor:
             dtype = graph.meta.get("dtype", "float32")
         return Tensor(graph, graph.constant(float(value), dtype))
     if isinstance(value, np.ndarray):
-        raise ShapeError(f"a NumPy array of shape {value.shape} was used inside a traced "
-                         f"function; pass it as an argument (gc.jit traces arguments only)")
+        ctx = active()
+        if ctx is not None and ctx.captures is not None:
+            return Tensor(ctx.graph, ctx.capture(value))
+        raise ShapeError(f"a NumPy array of shape {format_shape(value.shape)} was used where "
+                         f"arrays are not captured (in a model's forward: hold it as a buffer "
+                         f"with self.register_buffer, or pass it as an input)")
     raise ShapeError(f"cannot use a {type(value).__name__} in a graphc expression")
 
 
@@ -493,8 +524,20 @@ def resolve_reshape(src: tuple, shape) -> tuple:
     return shape
 
 
-def trace_function(fn, arg_types, names=None, dtype="float64"):
-    """Trace ``fn`` on inputs of ``[(shape, dtype), ...]``; returns the graph."""
+def trace_function(fn, arg_types, names=None, dtype="float64", captures=None):
+    """Trace ``fn`` on inputs of ``[(shape, dtype), ...]``; returns the graph.
+
+    With a list as ``captures``, NumPy arrays ``fn`` uses but does not take as arguments
+    (closed over, or globals) become inputs of role ``const`` after the arguments, named
+    as in ``fn``, and copies of them, in the dtype of the graph, are appended to the list
+    in input order: the caller passes them after the arguments on every call.
+
+    >>> import numpy as np
+    >>> w, consts = np.array([1.0, 2.0, 3.0]), []
+    >>> g = trace_function(lambda x: x * w, [((3,), "float64")], captures=consts)
+    >>> g.input_names(), g.input_role(g.inputs[1]), consts[0]
+    (['x', 'w'], 'const', array([1., 2., 3.]))
+    """
     graph = Graph(getattr(fn, "__name__", "fn").strip("<>") or "fn")
     graph.meta["dtype"] = dtype
     if names is None:
@@ -506,12 +549,33 @@ def trace_function(fn, arg_types, names=None, dtype="float64"):
             params = []
         names = params[:len(arg_types)] if len(params) >= len(arg_types) else \
             [f"x{i}" for i in range(len(arg_types))]
-    with tracing(graph):
+    with tracing(graph) as ctx:
         args = [Tensor(graph, graph.add_input(TensorType(s, d), n))
                 for (s, d), n in zip(arg_types, names)]
+        if captures is not None:
+            ctx.captures = captures
+            ctx.capture_names = _array_names(fn)
         out = fn(*args)
     outs = out if isinstance(out, (tuple, list)) else (out,)
     ids = [as_tensor(o, args[0] if args else None).id for o in outs]
     graph.set_outputs(ids)
     graph.meta["multi_output"] = isinstance(out, (tuple, list))
     return graph
+
+
+def _array_names(fn) -> dict:
+    """id(array) -> name, for the NumPy arrays ``fn`` closes over or reads as globals."""
+    names = {}
+    code = getattr(fn, "__code__", None)
+    for name in getattr(code, "co_names", ()):
+        value = getattr(fn, "__globals__", {}).get(name)
+        if isinstance(value, np.ndarray):
+            names.setdefault(id(value), name)
+    for name, cell in zip(getattr(code, "co_freevars", ()), getattr(fn, "__closure__", None) or ()):
+        try:
+            value = cell.cell_contents
+        except ValueError:   # a cell not yet filled
+            continue
+        if isinstance(value, np.ndarray):
+            names[id(value)] = name
+    return names

@@ -26,7 +26,9 @@ from .errors import GraphError, ShapeError
 from .registry import get_op
 from .types import TensorType, format_shape
 
-INPUT_ROLES = ("data", "label", "param", "state", "hyper")
+# const: an array a traced function closed over, captured when it was traced and passed by
+# the runner on every call (gc.jit bakes it in, like JAX, without putting data in the IR)
+INPUT_ROLES = ("data", "label", "param", "state", "hyper", "const")
 
 
 @dataclass(frozen=True)
