@@ -17,8 +17,7 @@ concat = cat
 
 
 def _unary(op, x, attrs=None) -> Tensor:
-    t = as_tensor(x)
-    return t._new(op, [t], attrs)
+    return as_tensor(x)._unary(op, attrs)
 
 
 def exp(x): return _unary("exp", x)

@@ -99,7 +99,9 @@ class TensorOps:
     def __rmul__(self, o): return _binary("mul", o, self)
     def __truediv__(self, o): return _binary("div", self, o)
     def __rtruediv__(self, o): return _binary("div", o, self)
-    def __neg__(self): return self._t()._unary("neg")
+    def __neg__(self):   # integers stay integers: -x is 0 - x
+        t = self._t()
+        return _binary("sub", 0, t) if t.type.dtype == "int64" else t._unary("neg")
     def __pos__(self): return self._t()
 
     def __pow__(self, p):
@@ -237,7 +239,10 @@ class Tensor(TensorOps):
         return Tensor(self.graph, self.graph.add(op, [a.id for a in args], attrs, name))
 
     def _unary(self, op, attrs=None):
-        return self._new(op, [self], attrs)
+        """An elementwise math op: int64 is promoted to the trace's float dtype first
+        (``exp`` of integers is a float, as in PyTorch and JAX)."""
+        t = _to_float(self)
+        return t._new(op, [t], attrs)
 
     def __repr__(self):
         return f"Tensor(%{self.id}: {self.type})"
@@ -286,10 +291,45 @@ def as_tensor(value, like: Tensor | None = None) -> Tensor:
     raise ShapeError(f"cannot use a {type(value).__name__} in a graphc expression")
 
 
+def _trace_float_dtype(graph: Graph) -> str:
+    """The float dtype of a trace (what integer values are promoted to)."""
+    dtype = graph.meta.get("dtype", "float32")
+    return "float32" if dtype == "int64" else dtype
+
+
+def _to_float(t: Tensor) -> Tensor:
+    """``t`` itself, or for an int64 tensor a cast to the trace's float dtype."""
+    if t.type.dtype != "int64":
+        return t
+    return t._new("cast", [t], {"dtype": _trace_float_dtype(t.graph)})
+
+
+def _is_integer(value) -> bool:
+    return (isinstance(value, (bool, int, np.integer))
+            or (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biu"))
+
+
+def _promoted(values, like: Tensor, integer_ok: bool = True) -> list:
+    """``values`` (tensors and Python numbers) as tensors of one dtype, PyTorch's way:
+    int64 when every one is an int64 tensor or a Python integer (and ``integer_ok``),
+    else the trace's float dtype, int64 tensors cast."""
+    tensors = [v._t() for v in values if isinstance(v, TensorOps)]
+    if any(t.type.dtype == "int64" for t in tensors):
+        if integer_ok and all(t.type.dtype == "int64" for t in tensors) and \
+                all(_is_integer(v) for v in values if not isinstance(v, TensorOps)):
+            return [v._t() if isinstance(v, TensorOps)
+                    else Tensor(like.graph, like.graph.constant(int(v), "int64"))
+                    for v in values]
+        values = [_to_float(v._t()) if isinstance(v, TensorOps) else v for v in values]
+        like = _to_float(like)
+    return [as_tensor(v, like) for v in values]
+
+
 def _binary(op, a, b) -> Tensor:
+    """``op(a, b)``; dtypes promoted as :func:`_promoted` says (``/`` always gives floats)."""
     like = a._t() if isinstance(a, TensorOps) else b._t()
-    ta, tb = as_tensor(a, like), as_tensor(b, like)
-    return like._new(op, [ta, tb])
+    ta, tb = _promoted([a, b], like, integer_ok=op != "div")
+    return ta._new(op, [ta, tb])
 
 
 def where(condition, a, b) -> Tensor:
@@ -304,7 +344,9 @@ def where(condition, a, b) -> Tensor:
     if not tensors:
         raise ShapeError("where: one of condition, a, b must be a traced tensor")
     like = tensors[0]
-    ta, tb, tc = as_tensor(a, like), as_tensor(b, like), as_tensor(condition, like)
+    tc = as_tensor(condition, like)
+    value_tensors = [v._t() for v in (a, b) if isinstance(v, TensorOps)]
+    ta, tb = _promoted([a, b], value_tensors[0] if value_tensors else like)
     return like._new("where", [tc, ta, tb])
 
 
@@ -476,8 +518,8 @@ def matmul(a, b) -> Tensor:
 
 def reduce(op, x, dim, keepdim, axis=None, keepdims=None) -> Tensor:
     """``op`` over ``dim`` (int, tuple or None = all); ``axis``/``keepdims`` are the
-    NumPy spellings PyTorch also accepts."""
-    t = as_tensor(x)
+    NumPy spellings PyTorch also accepts. int64 is reduced in the trace's float dtype."""
+    t = _to_float(as_tensor(x))
     if axis is not None:
         if dim is not None:
             raise ShapeError(f"{op}: give dim or its alias axis, not both (dim={dim}, "
