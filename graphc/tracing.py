@@ -35,19 +35,21 @@ class TraceContext:
         # arrays the traced function closed over become "const" inputs (gc.jit and
         # friends); None where they are an error (a Module holds its arrays as buffers)
         self.captures: list | None = None
-        self.capture_ids: dict = {}     # id(array) -> node id, one input per array
+        # id(array) -> (node id, array): one input per array; holding the array keeps
+        # its id from being reused by a temporary array made later in the trace
+        self.capture_ids: dict = {}
         self.capture_names: dict = {}   # id(array) -> the name it has in the function
 
     def capture(self, value: np.ndarray) -> int:
         """The ``const`` input holding a copy of ``value`` (made on first use)."""
-        nid = self.capture_ids.get(id(value))
-        if nid is not None:
-            return nid
+        hit = self.capture_ids.get(id(value))
+        if hit is not None:
+            return hit[0]
         if value.dtype.kind not in "biuf":
             raise DTypeError(f"a NumPy array of shape {format_shape(value.shape)} and dtype "
                              f"{value.dtype} was used inside a traced function; only "
                              f"numeric arrays can be captured")
-        dtype = self.graph.meta.get("dtype", "float32")
+        dtype = _trace_float_dtype(self.graph)
         taken = {self.graph.nx.nodes[i].get("name") for i in self.graph.inputs}
         name = self.capture_names.get(id(value))
         if name is None or name in taken:
@@ -56,7 +58,7 @@ class TraceContext:
         # later changes to the caller's array do not reach compiled calls
         array = np.array(value, dtype=dtype, order="C")
         nid = self.graph.add_input(TensorType(array.shape, dtype), name, "const")
-        self.capture_ids[id(value)] = nid
+        self.capture_ids[id(value)] = (nid, value)
         self.captures.append(array)
         return nid
 

@@ -55,6 +55,12 @@ def test_values_are_baked_in_when_traced():
     np.testing.assert_array_equal(gc.jit(lambda x: x * b)(np.ones(2)), [7.0, 7.0])
 
 
+def test_temporary_arrays_made_in_the_function_stay_distinct():
+    """Each temporary is its own input, even when Python reuses a freed array's id."""
+    f = gc.jit(lambda x: x * np.full(3, 2.0) + x * np.full(3, 5.0) - np.arange(3.0))
+    np.testing.assert_array_equal(f(np.ones(3)), [7.0, 6.0, 5.0])
+
+
 def test_unnamed_arrays_get_const_names():
     table = {"scale": np.array([2.0, 3.0])}
     text = gc.jit(lambda x: x * table["scale"]).lower(np.ones(2))
