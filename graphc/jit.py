@@ -64,9 +64,8 @@ class _Traced:
     def build(self, sig, captures):
         raise NotImplementedError
 
-    def compiled(self, args):
-        """The executable for arguments like ``args``; its inputs are the arguments, then
-        the captured arrays (``captured(args)``)."""
+    def _entry(self, args):
+        """(executable, captured arrays) for arguments like ``args``, built once."""
         sig = _signature(args)
         exe = self._cache.get(sig)
         if exe is None:
@@ -77,7 +76,12 @@ class _Traced:
             exe = compile_graph(graph)
             self._consts[sig] = captures
             self._cache[sig] = exe
-        return exe
+        return exe, self._consts[sig]
+
+    def compiled(self, args):
+        """The executable for arguments like ``args``; its inputs are the arguments, then
+        the captured arrays (``captured(args)``)."""
+        return self._entry(args)[0]
 
     def captured(self, args) -> list:
         """The arrays captured when tracing for arguments like ``args``, in input order.
@@ -88,8 +92,7 @@ class _Traced:
         >>> f(np.ones(2)), f.captured((np.ones(2),))
         (array([1., 2.]), [array([1., 2.])])
         """
-        self.compiled(args)
-        return self._consts[_signature(args)]
+        return self._entry(args)[1]
 
     def lower(self, *args) -> str:
         """The optimized IR text for these arguments (like ``jax.make_jaxpr``)."""
@@ -99,8 +102,8 @@ class _Traced:
         return self.compiled(args).source
 
     def _run(self, args):
-        exe = self.compiled(args)
-        consts = self._consts[_signature(args)]
+        """The outputs for ``args`` (rank-0 ones as scalars)."""
+        exe, consts = self._entry(args)
         # captured arrays are ours, made with the graph's dtype and shape: unchecked
         trusted = range(len(args), len(args) + len(consts)) if consts else ()
         return [_scalarize(o) for o in exe.run(list(args) + consts, trusted=trusted)]
@@ -113,10 +116,8 @@ class jit(_Traced):
         return trace_function(self.fn, sig, dtype=_float_dtype(sig), captures=captures)
 
     def __call__(self, *args):
-        graph_multi = None
         outs = self._run(args)
-        graph_multi = self._cache[_signature(args)].graph.meta.get("multi_output")
-        return tuple(outs) if graph_multi else outs[0]
+        return tuple(outs) if self.compiled(args).graph.meta.get("multi_output") else outs[0]
 
 
 def _float_dtype(sig):
