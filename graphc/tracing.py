@@ -19,7 +19,7 @@ import numpy as np
 
 from graphc.ir import BATCH, DTypeError, Graph, ShapeError, TensorType
 from graphc.ir.ops._util import broadcast_shapes
-from graphc.ir.types import format_shape
+from graphc.ir.types import dtype_name, format_shape
 
 _STATE = threading.local()
 
@@ -147,6 +147,25 @@ class TensorOps:
     def relu(self): return self._t()._unary("relu")
     def sqrt(self): return self._t()._unary("sqrt")
     def abs(self): return self._t()._unary("abs")
+
+    def astype(self, dtype):
+        """This tensor converted to ``dtype`` (``"float32"``, ``np.float64``, ``"int64"``;
+        floats to integers truncate toward zero, as NumPy does).
+
+        >>> import numpy as np, graphc as gc
+        >>> gc.jit(lambda x: x.astype("int64") * 2)(np.array([1.7, -2.5]))
+        array([ 2, -4])
+        """
+        t = self._t()
+        try:
+            name = dtype_name(dtype)
+        except DTypeError as exc:
+            raise DTypeError(f"{_where(t)}astype: {exc}") from None
+        return _cast(t, name)
+
+    def float(self): return self.astype("float32")     # PyTorch's spellings
+    def double(self): return self.astype("float64")
+    def long(self): return self.astype("int64")
 
     def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
         return reduce("reduce_sum", self, dim, keepdim, axis, keepdims)
@@ -299,11 +318,13 @@ def _trace_float_dtype(graph: Graph) -> str:
     return "float32" if dtype == "int64" else dtype
 
 
+def _cast(t: Tensor, dtype: str) -> Tensor:
+    return t if t.type.dtype == dtype else t._new("cast", [t], {"dtype": dtype})
+
+
 def _to_float(t: Tensor) -> Tensor:
     """``t`` itself, or for an int64 tensor a cast to the trace's float dtype."""
-    if t.type.dtype != "int64":
-        return t
-    return t._new("cast", [t], {"dtype": _trace_float_dtype(t.graph)})
+    return _cast(t, _trace_float_dtype(t.graph)) if t.type.dtype == "int64" else t
 
 
 def _is_integer(value) -> bool:
@@ -313,17 +334,21 @@ def _is_integer(value) -> bool:
 
 def _promoted(values, like: Tensor, integer_ok: bool = True) -> list:
     """``values`` (tensors and Python numbers) as tensors of one dtype, PyTorch's way:
-    int64 when every one is an int64 tensor or a Python integer (and ``integer_ok``),
-    else the trace's float dtype, int64 tensors cast."""
+    int64 when every one is an int64 tensor or a Python integer (and ``integer_ok``);
+    else float64 if a float64 tensor is among them, else float32 if a float32 one is,
+    else the trace's float dtype; tensors of other dtypes are cast."""
     tensors = [v._t() for v in values if isinstance(v, TensorOps)]
-    if any(t.type.dtype == "int64" for t in tensors):
-        if integer_ok and all(t.type.dtype == "int64" for t in tensors) and \
-                all(_is_integer(v) for v in values if not isinstance(v, TensorOps)):
-            return [v._t() if isinstance(v, TensorOps)
-                    else Tensor(like.graph, like.graph.constant(int(v), "int64"))
-                    for v in values]
-        values = [_to_float(v._t()) if isinstance(v, TensorOps) else v for v in values]
-        like = _to_float(like)
+    dtypes = {t.type.dtype for t in tensors}
+    if dtypes == {"int64"} and integer_ok and \
+            all(_is_integer(v) for v in values if not isinstance(v, TensorOps)):
+        return [v._t() if isinstance(v, TensorOps)
+                else Tensor(like.graph, like.graph.constant(int(v), "int64"))
+                for v in values]
+    if len(dtypes) > 1 or "int64" in dtypes:
+        target = ("float64" if "float64" in dtypes else "float32" if "float32" in dtypes
+                  else _trace_float_dtype(like.graph))
+        values = [_cast(v._t(), target) if isinstance(v, TensorOps) else v for v in values]
+        like = _cast(like, target)
     return [as_tensor(v, like) for v in values]
 
 

@@ -1,7 +1,8 @@
 """Integer (int64) arrays in traced code, with PyTorch's type promotion: +, -, *, unary
 minus, comparisons and where stay int64 when every operand is an int64 tensor or a Python
 integer; a float operand, true division, math functions, powers and reductions give the
-trace's float dtype. Values against NumPy, dtypes against the rule."""
+trace's float dtype; float32 with float64 gives float64. Explicit conversions (astype,
+float/double/long). Values against NumPy, dtypes against the rule."""
 import numpy as np
 import pytest
 
@@ -25,6 +26,8 @@ CASES = [
     ("float64 tensor", lambda a, x: a * x + a, (A, F64), lambda a, x: a * x + a, "float64"),
     ("float32 tensor", lambda a, x: x - a, (A, F32), lambda a, x: x - a.astype(np.float32),
      "float32"),
+    ("float32 with float64", lambda x, z: x * z + 1, (F32, F64),
+     lambda x, z: x.astype(np.float64) * z + 1, "float64"),
     ("math function", lambda a: gc.tanh(a), (A,), np.tanh, "float64"),
     ("power", lambda a: a ** 2, (A,), lambda a: (a ** 2).astype(np.float64), "float64"),
     ("sum", lambda a: gc.sum(a, dim=1), (A,), lambda a: a.sum(axis=1).astype(np.float64),
@@ -55,3 +58,28 @@ def test_gradients_flow_through_integer_weights():
 def test_integer_matmul_stays_a_clear_error():
     with pytest.raises(gc.ShapeError, match="matmul needs float operands"):
         gc.jit(lambda a, b: a @ b)(A, B.T.copy())
+
+
+@pytest.mark.parametrize("convert,dtype", [(lambda v: v.astype("int64"), "int64"),
+                                           (lambda v: v.astype(np.float32), "float32"),
+                                           (lambda v: v.long(), "int64"),
+                                           (lambda v: v.float(), "float32"),
+                                           (lambda v: v.double(), "float64")],
+                         ids=["astype int64", "astype float32", "long", "float", "double"])
+def test_conversions_match_numpy(convert, dtype):
+    x = np.array([[1.7, -2.5, 0.0], [-0.4, 3.0, 1e6]])
+    out = gc.jit(convert)(x)
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out, x.astype(dtype))   # truncation toward zero
+
+
+def test_gradients_pass_through_float_conversions():
+    x = np.array([0.5, -1.25, 3.0], dtype=np.float32)
+    g = gc.grad(lambda v: gc.sum(v.double() * v.double() + v.long() * v))(x)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g, 2 * x + x.astype(np.int64), rtol=1e-6)
+
+
+def test_unsupported_conversions_name_the_input():
+    with pytest.raises(gc.ir.DTypeError, match="input 'v': astype: unsupported dtype float16"):
+        gc.jit(lambda v: v.astype("float16"))(np.ones(2))
