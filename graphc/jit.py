@@ -102,11 +102,11 @@ class _Traced:
         return self.compiled(args).source
 
     def _run(self, args):
-        """The outputs for ``args`` (rank-0 ones as scalars)."""
+        """(executable, outputs for ``args``, rank-0 ones as scalars)."""
         exe, consts = self._entry(args)
         # captured arrays are ours, made with the graph's dtype and shape: unchecked
         trusted = range(len(args), len(args) + len(consts)) if consts else ()
-        return [_scalarize(o) for o in exe.run(list(args) + consts, trusted=trusted)]
+        return exe, [_scalarize(o) for o in exe.run(list(args) + consts, trusted=trusted)]
 
 
 class jit(_Traced):
@@ -116,8 +116,8 @@ class jit(_Traced):
         return trace_function(self.fn, sig, dtype=_float_dtype(sig), captures=captures)
 
     def __call__(self, *args):
-        outs = self._run(args)
-        return tuple(outs) if self.compiled(args).graph.meta.get("multi_output") else outs[0]
+        exe, outs = self._run(args)
+        return tuple(outs) if exe.graph.meta.get("multi_output") else outs[0]
 
 
 def _float_dtype(sig):
@@ -156,7 +156,7 @@ class value_and_grad(_Traced):
         return graph
 
     def __call__(self, *args):
-        outs = self._run(args)
+        _, outs = self._run(args)
         value, grads = outs[0], outs[1:]
         return value, (tuple(grads) if not isinstance(self.argnums, int) else grads[0])
 
