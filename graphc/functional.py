@@ -31,7 +31,7 @@ def softplus(x): return _unary("softplus", x)
 def sqrt(x): return _unary("sqrt", x)
 def abs(x): return _unary("abs", x)  # noqa: A001
 def erf(x): return _unary("erf", x)
-def neg(x): return _unary("neg", x)
+def neg(x): return -as_tensor(x)     # integers stay integers, as with the operator
 def square(x): return _unary("pow", x, {"exponent": 2.0})
 def pow(x, p): return as_tensor(x) ** p  # noqa: A001
 def maximum(a, b): return _binary("maximum", a, b)

@@ -18,6 +18,7 @@ CASES = [
     ("add int", lambda a: a + 1, (A,), lambda a: a + 1, "int64"),
     ("int minus tensor", lambda a, b: 2 - a * b, (A, B), lambda a, b: 2 - a * b, "int64"),
     ("unary minus", lambda a: -a, (A,), lambda a: -a, "int64"),
+    ("F.neg", lambda a: gc.nn.functional.neg(a), (A,), lambda a: -a, "int64"),
     ("comparison", lambda a, b: a > b, (A, B), lambda a, b: (a > b).astype(np.int64), "int64"),
     ("where", lambda a: gc.where(a > 0, a, 0), (A,), lambda a: np.where(a > 0, a, 0), "int64"),
     ("indexing", lambda a: a[:, 1:] * 3, (A,), lambda a: a[:, 1:] * 3, "int64"),
