@@ -181,6 +181,8 @@ def fusion(graph):
             if G.kind[gid] == "loop":
                 G.try_merge(n, gid)
 
+    _sink_into_users(g, G, aliased)
+
     # 2. reductions join the group producing their operand
     for n in order:
         if g.op_of(n) not in REDUCERS or n in G.of:
@@ -254,6 +256,47 @@ def fusion(graph):
     g.meta = dict(g.meta)
     g.meta["group_kinds"] = kinds
     return g
+
+
+def _sink_into_users(g, G, aliased):
+    """Move an elementwise node whose users all sit in one other loop group, and whose
+    operands are stored anyway, into that group: it is recomputed there from those
+    operands instead of being stored by its producer's loop. Relu's gradient mask
+    ``gt(h, 0)`` is the case: ``h`` is stored for the next layer, so the forward kernel
+    writes one array per layer instead of two and the backward kernel reads ``h``
+    instead of a mask of the same size (``tests/test_fusion.py``)."""
+    for n in g.topo_order():
+        gid = G.of.get(n)
+        if (gid is None or G.kind[gid] != "loop" or not _is_loop(g, n)
+                or g.op_of(n) == "constant" or n in g.outputs or n in aliased):
+            continue
+        users = g.users(n)
+        targets = {G.of.get(u) for u in users}
+        if len(targets) != 1 or None in targets or gid in targets:
+            continue
+        (target,) = targets
+        if G.kind[target] != "loop" or G.members[target] & aliased:
+            continue
+        if g.type_of(n).shape != _iter_shape(g, G.members[target]):
+            continue
+        if not all(_stored_without(g, G, a, n) for a in g.args_of(n)):
+            continue
+        G.members[gid].discard(n)       # n has no user in its group: the rest stays convex
+        del G.of[n]
+        if not G.members[gid]:
+            del G.members[gid], G.kind[gid]
+        G.new(n)
+        if not G.try_merge(n, target) and gid in G.members:
+            G.try_merge(n, gid)         # back where it was
+
+
+def _stored_without(g, G, a, n):
+    """True if value ``a`` is in a buffer even when ``n`` no longer reads it inside
+    ``a``'s group: a graph input or constant, an output, or read outside that group."""
+    if g.op_of(a) in ("input", "constant") or a in g.outputs:
+        return True
+    members = G.members[G.of[a]] if a in G.of else {a}
+    return any(u not in members and u != n for u in g.users(a))
 
 
 def _matmul_update(g, u, aliased):

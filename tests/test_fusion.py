@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import graphc as gc
 from graphc.codegen import build_schedule, compile_graph
 from graphc.ir import Graph, TensorType, interpret
+from graphc.passes.autodiff import add_gradients
 from graphc.passes.fusion import MAX_GROUP
 from graphc.pipeline import optimize
 
@@ -125,6 +126,63 @@ def test_groups_are_convex_and_capped(trained):
         for n in outside:
             assert not (nx.descendants(g.nx, n) & members), "a path leaves the group and re-enters"
     build_schedule(g)      # raises on a cyclic kernel order
+
+
+def test_relu_masks_are_recomputed_where_they_are_used(trained):
+    """relu's gradient mask gt(h, 0) reads the stored activation h: fusion puts it in the
+    backward kernel that multiplies by it, so no forward kernel writes a mask."""
+    name, models, _, _ = trained
+    if name != "mlp_digits":
+        pytest.skip("checked on the MLP (ReLU)")
+    g = models[True]._graph("train")
+    masks = [n for n in g.nx if g.op_of(n) == "gt"]
+    assert masks
+    for n in masks:
+        (user,) = g.users(n)
+        assert g.op_of(user) == "mul"
+        assert g.nx.nodes[n].get("group") == g.nx.nodes[user].get("group") is not None
+        (h,) = {a for a in g.args_of(n) if g.op_of(a) != "constant"}
+        assert g.op_of(h) == "relu" and g.nx.nodes[h].get("group") != g.nx.nodes[n]["group"]
+    schedule = models[True]._exe("train").schedule
+    stored = {g.op_of(v) for v in schedule.buffers}
+    assert "gt" not in stored and "relu" in stored
+
+
+def test_a_mask_whose_activation_is_not_stored_stays_with_its_producer():
+    """relu(x) * 2 stores only the product: recomputing the mask in the backward kernel
+    would need relu's output stored as well, so fusion keeps the mask in the forward
+    kernel; the values match the interpreter either way."""
+    g = Graph("relu_scaled")
+    x = g.add_input(TensorType(("N", 4), "float64"), "x")
+    w = g.add_input(TensorType((4, 4), "float64"), "w")
+    two = g.add("constant", [], {"value": 2.0, "shape": (), "dtype": "float64"})
+    r = g.add("relu", [x])
+    y = g.add("mul", [r, two])
+    loss = g.add("reduce_sum", [g.add("matmul", [y, w])], {"axes": (0, 1), "keepdims": False})
+    g.set_outputs([loss] + add_gradients(g, loss, [x, w]))
+    inputs = {"x": np.random.default_rng(5).normal(size=(6, 4)),
+              "w": np.random.default_rng(6).normal(size=(4, 4))}
+    h, _ = optimize(g.copy())
+    (mask,) = [n for n in h.nx if h.op_of(n) == "gt"]
+    (relu,) = [n for n in h.nx if h.op_of(n) == "relu"]
+    assert h.nx.nodes[mask].get("group") == h.nx.nodes[relu].get("group") is not None
+    assert_close(compile_graph(h).run(inputs), interpret(g, inputs))
+
+
+def test_a_mask_next_to_its_relu_compares_the_relus_operand():
+    """In one loop with z, gt(relu(z), 0) is emitted as z > 0: the comparison sigmoid's
+    numerator selection makes too, so the chain's loop does it once."""
+    def chain(v):
+        return gc.sum(gc.sigmoid(v) * gc.relu(v))
+    x = np.linspace(-3, 3, 64).astype(np.float32)
+    vg = gc.value_and_grad(chain)
+    src = vg.source(x)
+    (line,) = [ln for ln in src.splitlines() if " if " in ln and "else np.float32(0.0)" in ln]
+    assert "if x0 > " in line, line
+    _, grad = vg(x)
+    s = 1 / (1 + np.exp(-x.astype(np.float64)))
+    want = s * (1 - s) * np.maximum(x, 0) + s * (x > 0)
+    np.testing.assert_allclose(grad, want, rtol=2e-5, atol=1e-6)
 
 
 def test_fusion_dump_shows_the_kernel_of_each_node(trained):

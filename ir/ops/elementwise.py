@@ -183,7 +183,7 @@ def _sigmoid_vjp(g, node, grad):
 
 def _relu_vjp(g, node, grad):
     zero = scalar(g, 0.0, node.dtype)
-    return [g.add("mul", [grad, g.add("gt", [node.args[0], zero])])]
+    return [g.add("mul", [grad, g.add("gt", [node.id, zero])])]
 
 
 def _softplus_vjp(g, node, grad):
