@@ -6,6 +6,8 @@ Groups are formed in TVM's order of op patterns (``FusionKind``):
    into consumer; a smaller-shaped producer (a bias, a rank-0 scale) whose every user
    is in one group joins it and is recomputed per element (cheap, saves a kernel).
    The optimizer update of each parameter becomes one such loop, updated in place.
+   A node whose users all sit in one other group and whose operands are stored anyway
+   moves into that group (relu's gradient mask ``gt(h, 0)``: no mask buffer).
 2. ``reduce_loop``: a reduction (``reduce_sum/mean/max``) joins the loop group that
    produces its operand when that operand has the group's iteration shape, e.g. the
    bias gradient ``reduce_sum(g * relu'(z), axes=(0,))``: one pass computes the
@@ -260,7 +262,7 @@ def fusion(graph):
 
 def _sink_into_users(g, G, aliased):
     """Move an elementwise node whose users all sit in one other loop group, and whose
-    operands are stored anyway, into that group: it is recomputed there from those
+    operands are stored anyway, into that group: it is computed there from those
     operands instead of being stored by its producer's loop. Relu's gradient mask
     ``gt(h, 0)`` is the case: ``h`` is stored for the next layer, so the forward kernel
     writes one array per layer instead of two and the backward kernel reads ``h``
