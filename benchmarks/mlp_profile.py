@@ -9,14 +9,19 @@ buffers and scratch (arguments as the driver passes them: its statements are rep
 and timed; the table shows each kernel's best median over three rounds, its share, and
 GFLOP/s for the matmul kernels, then the whole native step (``run``) and ``train_step``
 (with the Python around it). The kernels are run in driver order, so each sees the data
-its predecessors left.
+its predecessors left. The "in step" column times each kernel once per replay of the
+whole step (median over the replays): what it costs where the step runs it, its
+predecessors' data in the caches instead of its own. Where it exceeds the first column,
+the kernel pays for the step around it (the sum of that column is close to ``run``).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import re
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +100,16 @@ def profile(batch=1024, reps=20, fuse=True, model_name="mlp"):
             for name, fn, args in calls:
                 t = median_time(lambda: fn(*args), reps, warmup=2)
                 best[name] = min(best.get(name, t), t)
+        in_step = {name: [] for name, _, _ in calls}
+        for replay in range(3 * reps + 2):
+            for name, fn, args in calls:
+                t = time.perf_counter()
+                fn(*args)
+                if replay >= 2:
+                    in_step[name].append(time.perf_counter() - t)
         t_run = median_time(lambda: mod.run(*arrays, *bufs), reps, warmup=2)
-    rows = [(name, best[name], _flops(src, name, env)) for name, _, _ in calls]
+    rows = [(name, best[name], statistics.median(in_step[name]), _flops(src, name, env))
+            for name, _, _ in calls]
     t_step = median_time(lambda: model.train_step(x, y), reps, warmup=2)
     return rows, t_run, t_step
 
@@ -117,15 +130,16 @@ def main(argv=None):
     print(f"BLAS:\n  {bench.blas_info()}")
     batch = args.batch or {"mlp": 1024, "lenet": 64, "resnet": 256}[args.model]
     rows, t_run, t_step = profile(batch, args.reps, not args.unfused, args.model)
-    total = sum(t for _, t, _ in rows)
+    total = sum(r[1] for r in rows)
     what = {"mlp": f"MLP {bench.SIZES}", "lenet": "LeNet (1x28x28)",
             "resnet": "ResNet of examples/resnet_digits.py (1x8x8)"}[args.model]
     print(f"{what} batch {batch}, {'unfused' if args.unfused else 'fused'}")
-    print(f"{'kernel':62} {'ms':>8} {'share':>6} {'GFLOP/s':>8}")
-    for name, t, fl in rows:
-        rate = f"{fl / t / 1e9:8.1f}" if fl else ""
-        print(f"{name[:62]:62} {t * 1e3:8.3f} {t / total:6.1%} {rate}")
-    print(f"{'sum of kernels':62} {total * 1e3:8.3f}")
+    print(f"{'kernel':62} {'ms':>8} {'share':>6} {'GFLOP/s':>8} {'in step':>8}")
+    for name, t, t_in, fl in rows:
+        rate = f"{fl / t / 1e9:8.1f}" if fl else " " * 8
+        print(f"{name[:62]:62} {t * 1e3:8.3f} {t / total:6.1%} {rate} {t_in * 1e3:8.3f}")
+    print(f"{'sum of kernels':62} {total * 1e3:8.3f} {'':6} {'':8} "
+          f"{sum(r[2] for r in rows) * 1e3:8.3f}")
     print(f"{'run() (one native call)':62} {t_run * 1e3:8.3f}")
     rate = (f"  ({bench.mlp_flops(batch) / t_step / 1e9:.1f} GFLOP/s)"
             if args.model == "mlp" else "")

@@ -72,3 +72,15 @@ def test_bench_resnet_compares_the_same_network():
     assert ours == theirs
     x = torch.zeros((3, 1, 8, 8))
     assert tuple(bench_resnet.torch_net()(x).shape) == m(np.zeros((3, 1, 8, 8), "float32")).shape
+
+
+def test_mlp_profile_times_each_kernel_alone_and_in_the_step():
+    import mlp_profile
+    rows, t_run, t_step = mlp_profile.profile(batch=8, reps=2)
+    names = [r[0] for r in rows]
+    src = bench.graphc_mlp(True).model._exe("train").source
+    driver = src.split("\ndef run(", 1)[1]
+    assert names and all(f"{n}(" in driver for n in names)
+    assert all(alone > 0 and in_step > 0 for _, alone, in_step, _ in rows)
+    assert any(flops for *_, flops in rows)          # the matmul kernels' GFLOP/s
+    assert t_run > 0 and t_step > 0
