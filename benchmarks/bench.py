@@ -391,7 +391,8 @@ def _lenet_rows(q, add):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_lenet import lenet_rows
     for name, s, build in lenet_rows(batch=64, repeat=max(int(50 * q), 5)):
-        label = {"PyTorch eager": "pytorch eager", "JAX jit": "jax jit"}.get(name, name)
+        label = {"PyTorch eager": "pytorch eager", "JAX jit": "jax jit",
+                 "NumPy": "numpy"}.get(name, name)
         add("LeNet b64", f"{label} (build {build:.1f}s)", s, 64, 0.0, "")
 
 

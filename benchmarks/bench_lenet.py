@@ -1,5 +1,5 @@
-"""LeNet-5 training step (batch 64, 1x28x28): median ms per step, graphc vs torch eager
-and JAX jit.
+"""LeNet-5 training step (batch 64, 1x28x28): median ms per step, graphc vs plain NumPy,
+torch eager and JAX jit.
 
 conv 5x5 6ch -> relu -> pool 2 -> conv 5x5 16ch -> relu -> pool 2 -> 120 -> 84 -> 10,
 cross-entropy, SGD with momentum. Run with OpenBLAS at full speed:
@@ -95,6 +95,97 @@ def torch_training_step(net, x, y, lr, momentum):
     return step
 
 
+def _windows(h, k):
+    """(N, OH, OW, C*k*k) columns of ``h`` (N, C, H, W) for a k x k valid convolution."""
+    win = np.lib.stride_tricks.sliding_window_view(h, (k, k), axis=(2, 3))
+    n, c, oh, ow = win.shape[:4]
+    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n, oh, ow, c * k * k)
+
+
+def _pool_fwd(h):
+    n, c, hh, ww = h.shape
+    r = h.reshape(n, c, hh // 2, 2, ww // 2, 2)
+    out = r.max(axis=(3, 5))
+    return out, r == out[:, :, :, None, :, None]
+
+
+def _pool_bwd(g, mask):
+    n, c, oh, ow = g.shape
+    return (mask * g[:, :, :, None, :, None]).reshape(n, c, 2 * oh, 2 * ow)
+
+
+def numpy_lenet_step(params, lr=0.01, momentum=0.9):
+    """A plain NumPy LeNet training step (im2col convolutions, 2x2 max pooling with a
+    mask, cross-entropy, SGD with PyTorch's momentum), updating ``params`` in place:
+    ``{name: array}`` with graphc's (PyTorch's) names and layouts. Returns
+    ``step(x, y) -> loss``; the benchmark's baseline without a compiler."""
+    p = params
+    buf = {k: np.zeros_like(v) for k, v in p.items()}
+
+    def conv(h, w, b):
+        cols = _windows(h, w.shape[-1])
+        out = cols @ w.reshape(w.shape[0], -1).T + b
+        return out.transpose(0, 3, 1, 2), cols
+
+    def conv_grads(g, cols, w):
+        gm = g.transpose(0, 2, 3, 1).reshape(-1, g.shape[1])
+        return (gm.T @ cols.reshape(gm.shape[0], -1)).reshape(w.shape), gm.sum(axis=0), gm
+
+    def step(x, y):
+        a1, cols1 = conv(x, p["conv1.weight"], p["conv1.bias"])
+        h1, m1 = _pool_fwd(np.maximum(a1, 0))
+        a2, cols2 = conv(h1, p["conv2.weight"], p["conv2.bias"])
+        h2, m2 = _pool_fwd(np.maximum(a2, 0))
+        f0 = h2.reshape(len(x), -1)
+        f1 = np.maximum(f0 @ p["fc1.weight"].T + p["fc1.bias"], 0)
+        f2 = np.maximum(f1 @ p["fc2.weight"].T + p["fc2.bias"], 0)
+        z = f2 @ p["fc3.weight"].T + p["fc3.bias"]
+        zmax = z.max(axis=1, keepdims=True)
+        e = np.exp(z - zmax)
+        s = e.sum(axis=1, keepdims=True)
+        n = len(y)
+        loss = float(np.mean(np.log(s[:, 0]) + zmax[:, 0] - z[np.arange(n), y]))
+        g = e / s
+        g[np.arange(n), y] -= 1
+        g /= n
+        grads = {}
+        for name, h, mask in (("fc3", f2, f2 > 0), ("fc2", f1, f1 > 0), ("fc1", f0, None)):
+            grads[name + ".weight"], grads[name + ".bias"] = g.T @ h, g.sum(axis=0)
+            g = g @ p[name + ".weight"]
+            if mask is not None:
+                g = g * mask
+        g = _pool_bwd(g.reshape(h2.shape), m2) * (a2 > 0)
+        w2 = p["conv2.weight"]
+        grads["conv2.weight"], grads["conv2.bias"], gm = conv_grads(g, cols2, w2)
+        dcols = (gm @ w2.reshape(w2.shape[0], -1)).reshape(*a2.shape[:1], *a2.shape[2:],
+                                                           *w2.shape[1:])
+        dh1 = np.zeros_like(h1)
+        k, (oh, ow) = w2.shape[-1], a2.shape[2:]
+        for i in range(k):          # col2im: each tap adds its window back
+            for j in range(k):
+                dh1[:, :, i:i + oh, j:j + ow] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+        g = _pool_bwd(dh1, m1) * (a1 > 0)
+        grads["conv1.weight"], grads["conv1.bias"], _ = conv_grads(g, cols1, p["conv1.weight"])
+        for name, gr in grads.items():
+            buf[name] *= momentum
+            buf[name] += gr
+            p[name] -= lr * buf[name]
+        return loss
+    return step
+
+
+def make_numpy(x, y):
+    """(step, build s) of :func:`numpy_lenet_step` from the initial weights graphc's
+    model starts with."""
+    gc.manual_seed(0)
+    t0 = time.perf_counter()
+    params = {k: v.astype(x.dtype) for k, v in
+              gc.compile(LeNet(), input_shape=(None, 1, 28, 28)).parameters().items()}
+    run = numpy_lenet_step(params)
+    run(x, y)
+    return (lambda: run(x, y)), time.perf_counter() - t0
+
+
 def make_jax(x, y):
     """(step, build s) of the same step under ``jax.jit`` (value_and_grad + SGD with
     momentum, conv via ``lax.conv_general_dilated``, pool via ``lax.reduce_window``), or
@@ -158,8 +249,8 @@ def make_jax(x, y):
 
 def lenet_rows(batch=64, repeat=50, warmup=5, dtype="float32"):
     """Rows ``(implementation, median seconds per step, build seconds)`` for the LeNet
-    training step: graphc fused and unfused, then PyTorch eager and JAX jit where
-    installed. Set OPENBLAS_* in the calling process (see the module docstring).
+    training step: graphc fused and unfused, plain NumPy, then PyTorch eager and JAX jit
+    where installed. Set OPENBLAS_* in the calling process (see the module docstring).
 
     >>> rows = lenet_rows(batch=8, repeat=3)      # doctest: +SKIP
     >>> rows[0][0]                                # doctest: +SKIP
@@ -170,6 +261,7 @@ def lenet_rows(batch=64, repeat=50, warmup=5, dtype="float32"):
     y = rng.integers(0, 10, batch)
     makers = [("graphc fused", lambda: make_graphc(x, y, True, dtype)),
               ("graphc unfused", lambda: make_graphc(x, y, False, dtype)),
+              ("NumPy", lambda: make_numpy(x, y)),
               ("PyTorch eager", lambda: make_torch(x, y)), ("JAX jit", lambda: make_jax(x, y))]
     steps, builds = {}, {}
     for name, make in makers:

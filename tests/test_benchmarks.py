@@ -84,3 +84,21 @@ def test_mlp_profile_times_each_kernel_alone_and_in_the_step():
     assert all(alone > 0 and in_step > 0 for _, alone, in_step, _ in rows)
     assert any(flops for *_, flops in rows)          # the matmul kernels' GFLOP/s
     assert t_run > 0 and t_step > 0
+
+
+def test_numpy_lenet_step_matches_graphcs():
+    """The benchmark's plain NumPy LeNet step against graphc's compiled step (float64,
+    same initial weights): two steps, every parameter, the losses."""
+    import bench_lenet
+    import graphc as gc
+    gc.manual_seed(0)
+    m = gc.compile(bench_lenet.LeNet(), input_shape=(None, 1, 28, 28), loss="cross_entropy",
+                   optimizer=gc.optim.SGD(lr=0.01, momentum=0.9), dtype="float64")
+    params = {k: v.copy() for k, v in m.parameters().items()}
+    step = bench_lenet.numpy_lenet_step(params, lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 1, 28, 28)), rng.integers(0, 10, 5)
+    for _ in range(2):
+        np.testing.assert_allclose(step(x, y), m.train_step(x, y), rtol=1e-10)
+    for name, want in m.parameters().items():
+        np.testing.assert_allclose(params[name], want, rtol=1e-9, atol=1e-12, err_msg=name)
