@@ -28,6 +28,7 @@ import numpy as np
 import graphc as gc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from numpy_losses import softmax_cross_entropy  # noqa: E402
 from timing import interleaved_medians, interleaved_times, median_time  # noqa: E402
 
 LR = 0.01
@@ -142,15 +143,7 @@ def numpy_mlp():
             h = acts[-1] @ w.T + b
             pre.append(h)
             acts.append(np.maximum(h, 0) if k < len(ws) - 1 else h)
-        z = acts[-1]
-        m = z.max(axis=1, keepdims=True)
-        e = np.exp(z - m)
-        s = e.sum(axis=1, keepdims=True)
-        n = len(y)
-        loss = float(np.mean(np.log(s[:, 0]) + m[:, 0] - z[np.arange(n), y]))
-        g = e / s
-        g[np.arange(n), y] -= 1
-        g /= n
+        loss, g = softmax_cross_entropy(acts[-1], y)
         for k in range(len(ws) - 1, -1, -1):
             w, b = ws[k]
             gw, gb = g.T @ acts[k], g.sum(axis=0)

@@ -23,6 +23,7 @@ import numpy as np
 import graphc as gc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from numpy_losses import softmax_cross_entropy  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 F = gc.nn.functional
@@ -140,14 +141,7 @@ def numpy_lenet_step(params, lr=0.01, momentum=0.9):
         f1 = np.maximum(f0 @ p["fc1.weight"].T + p["fc1.bias"], 0)
         f2 = np.maximum(f1 @ p["fc2.weight"].T + p["fc2.bias"], 0)
         z = f2 @ p["fc3.weight"].T + p["fc3.bias"]
-        zmax = z.max(axis=1, keepdims=True)
-        e = np.exp(z - zmax)
-        s = e.sum(axis=1, keepdims=True)
-        n = len(y)
-        loss = float(np.mean(np.log(s[:, 0]) + zmax[:, 0] - z[np.arange(n), y]))
-        g = e / s
-        g[np.arange(n), y] -= 1
-        g /= n
+        loss, g = softmax_cross_entropy(z, y)
         grads = {}
         for name, h, mask in (("fc3", f2, f2 > 0), ("fc2", f1, f1 > 0), ("fc1", f0, None)):
             grads[name + ".weight"], grads[name + ".bias"] = g.T @ h, g.sum(axis=0)
