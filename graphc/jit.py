@@ -57,8 +57,8 @@ class _Traced:
     def __init__(self, fn, fuse=True):
         self.fn = fn
         self.fuse = fuse
-        self._cache = {}     # signature -> executable
-        self._consts = {}    # signature -> captured arrays, passed after the arguments
+        # signature -> (executable, captured arrays passed after the arguments)
+        self._cache = {}
         functools.update_wrapper(self, fn)
 
     def build(self, sig, captures):
@@ -67,16 +67,14 @@ class _Traced:
     def _entry(self, args):
         """(executable, captured arrays) for arguments like ``args``, built once."""
         sig = _signature(args)
-        exe = self._cache.get(sig)
-        if exe is None:
+        entry = self._cache.get(sig)
+        if entry is None:
             captures = []
             graph = self.build(sig, captures)
             graph, _ = optimize(graph, fuse=self.fuse)
             from graphc.codegen import compile_graph   # Numba loads on first compile
-            exe = compile_graph(graph)
-            self._consts[sig] = captures
-            self._cache[sig] = exe
-        return exe, self._consts[sig]
+            entry = self._cache[sig] = (compile_graph(graph), captures)
+        return entry
 
     def compiled(self, args):
         """The executable for arguments like ``args``; its inputs are the arguments, then
