@@ -298,9 +298,10 @@ def as_tensor(value, like: Tensor | None = None) -> Tensor:
     if isinstance(value, (bool, int, float, np.floating, np.integer)) or \
             (isinstance(value, np.ndarray) and value.ndim == 0):
         graph = like.graph if like is not None else current().graph
-        dtype = like.type.dtype if like is not None else "int64"
-        if dtype == "int64":   # a number beside integers is a float (see _promoted)
-            dtype = _trace_float_dtype(graph)
+        # a number beside integers, or on its own, is a float (integer constants are
+        # made by _promoted)
+        dtype = (like.type.dtype if like is not None and like.type.dtype != "int64"
+                 else _trace_float_dtype(graph))
         return Tensor(graph, graph.constant(float(value), dtype))
     if isinstance(value, np.ndarray):
         ctx = active()
