@@ -183,7 +183,7 @@ def fusion(graph):
             if G.kind[gid] == "loop":
                 G.try_merge(n, gid)
 
-    _sink_into_users(g, G, aliased)
+    _sink_into_users(g, G, order, aliased)
 
     # 2. reductions join the group producing their operand
     for n in order:
@@ -260,14 +260,14 @@ def fusion(graph):
     return g
 
 
-def _sink_into_users(g, G, aliased):
+def _sink_into_users(g, G, order, aliased):
     """Move an elementwise node whose users all sit in one other loop group, and whose
     operands are stored anyway, into that group: it is computed there from those
     operands instead of being stored by its producer's loop. Relu's gradient mask
     ``gt(h, 0)`` is the case: ``h`` is stored for the next layer, so the forward kernel
     writes one array per layer instead of two and the backward kernel reads ``h``
     instead of a mask of the same size (``tests/test_fusion.py``)."""
-    for n in g.topo_order():
+    for n in order:
         gid = G.of.get(n)
         if (gid is None or G.kind[gid] != "loop" or not _is_loop(g, n)
                 or g.op_of(n) == "constant" or n in g.outputs or n in aliased):
