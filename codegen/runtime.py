@@ -156,11 +156,12 @@ class Executable:
         if bufs is None:
             g = self.graph
             made: dict = {}    # values whose lifetimes are apart share one array
+            bufs = []
             for v in self.schedule.buffers:
                 rep = self.schedule.shares.get(v, v)
                 if rep not in made:
                     made[rep] = np.empty(g.type_of(v).concrete(batch), dtype=g.type_of(v).dtype)
-            bufs = [made[self.schedule.shares.get(v, v)] for v in self.schedule.buffers]
+                bufs.append(made[rep])
             bufs += [np.empty(g.type_of(g.outputs[i]).concrete(batch),
                               dtype=g.type_of(g.outputs[i]).dtype)
                      for i in sorted(self.schedule.out_copies)]

@@ -191,24 +191,22 @@ def share_buffers(graph, sched, position, readers) -> dict:
         last[v] = (len(sched.kernels) if v in keep
                    else max(readers.get(v, ()), default=position[v]))
     free: list = []          # (type, representative), most recently freed last
-    shares, owner = {}, {}
+    shares, placed = {}, set()
     dying: dict = {}
     for v, at in last.items():
         dying.setdefault(at, []).append(v)
     for k in sched.kernels:
         for v in k.outputs:
-            if v not in last or graph.type_of(v).rank == 0:
-                continue
             t = graph.type_of(v)
+            if v not in last or t.rank == 0:
+                continue
+            placed.add(v)
             hit = next((i for i in range(len(free) - 1, -1, -1) if free[i][0] == t), None)
-            if hit is None:
-                owner[v] = v
-            else:
-                owner[v] = free.pop(hit)[1]
-                shares[v] = owner[v]
+            if hit is not None:
+                shares[v] = free.pop(hit)[1]
         for v in dying.get(k.index, ()):
-            if v in owner:
-                free.append((graph.type_of(v), owner[v]))
+            if v in placed:
+                free.append((graph.type_of(v), shares.get(v, v)))
     return shares
 
 
