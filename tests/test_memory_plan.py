@@ -38,23 +38,27 @@ def _lifetimes(exe):
             for v in s.buffers}
 
 
+def _array_of(exe, batch=6):
+    """{buffer value: id of the array the runtime passes for it}."""
+    bufs = exe.buffers_for(batch)[:len(exe.schedule.buffers)]
+    return dict(zip(exe.schedule.buffers, map(id, bufs)))
+
+
 def test_buffers_with_lifetimes_apart_share_an_array():
     m = _compiled()
     x, y = _data()
     m.train_step(x, y)
     exe = m._exe("train")
-    bufs = exe.buffers_for(6)[:len(exe.schedule.buffers)]
-    arrays = {id(b) for b in bufs}
-    assert len(arrays) < len(bufs)             # some arrays hold several values
+    array_of = _array_of(exe)
+    assert len(set(array_of.values())) < len(array_of)   # some arrays hold several values
     life = _lifetimes(exe)
     by_array: dict = {}
-    for v, b in zip(exe.schedule.buffers, bufs):
-        by_array.setdefault(id(b), []).append(v)
+    for v, a in array_of.items():
+        by_array.setdefault(a, []).append(v)
     for values in by_array.values():
         spans = sorted(life[v] for v in values)
         for (_, end), (start, _) in zip(spans, spans[1:]):
             assert end < start, spans         # the next value is made after the last read
-    array_of = dict(zip(exe.schedule.buffers, map(id, bufs)))
     for k in exe.schedule.kernels:
         reads = {array_of[v] for v in k.inputs if v in array_of}
         writes = {array_of[v] for v in k.outputs if v in array_of}
@@ -84,8 +88,7 @@ def test_an_output_array_is_never_reused_after_it(kind):
     m.train_step(x, y)
     m(x)
     exe = m._exe(kind)
-    bufs = exe.buffers_for(6)[:len(exe.schedule.buffers)]
-    array_of = dict(zip(exe.schedule.buffers, map(id, bufs)))
+    array_of = _array_of(exe)
     life = _lifetimes(exe)
     outs = [o for o in exe.graph.outputs if o in array_of]
     assert outs
