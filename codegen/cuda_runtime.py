@@ -2,7 +2,8 @@
 
 Parameters, optimizer state and hyper-parameters live in a :class:`DeviceStore` shared
 by all graphs of a model and stay on the device between steps; scratch buffers are
-device arrays allocated once per batch size. A call copies only the batch (data and
+device arrays allocated once per batch size, shared by values whose lifetimes are apart
+(the liveness plan of ``codegen/schedule.py``, as on the CPU). A call copies only the batch (data and
 labels) in and the non-aliased outputs (the loss) out; updated parameters are copied
 back to their NumPy arrays only when asked (:meth:`DeviceStore.pull`).
 
@@ -27,7 +28,7 @@ from graphc.ir.registry import get_op
 
 from .cache import load_module
 from .cuda import MAX_BLOCKS, emit_cuda_source
-from .runtime import Executable
+from .runtime import Executable, planned_arrays
 from .schedule import LOOP_KINDS, build_schedule
 
 INSTALL_HINT = ("pip install 'graphc[cuda]' (numba-cuda with the CUDA 12 toolkit wheels) on a "
@@ -146,7 +147,9 @@ class CudaExecutable(Executable):
             def dev(t):
                 return self.cuda.device_array(_device_shape(t.concrete(batch)), dtype=t.dtype)
             staged = [dev(t) if tr else None for t, tr in zip(self.input_types, self.transfer)]
-            scratch = [dev(g.type_of(v)) for v in s.buffers]
+            # values whose lifetimes are apart share one device array, as on the CPU
+            scratch = planned_arrays(g, s, batch, lambda shape, dtype: self.cuda.device_array(
+                _device_shape(shape), dtype=dtype))
             scratch += [dev(g.type_of(g.outputs[i])) for i in sorted(s.out_copies)]
             bufs = (staged, scratch)
             self._buffers[batch] = bufs

@@ -51,6 +51,32 @@ def first_outside(labels, classes):
     return -1
 
 
+def planned_arrays(graph, schedule, batch, make) -> list:
+    """One array per entry of ``schedule.buffers`` at ``batch``, made by
+    ``make(shape, dtype)`` once per representative of the liveness plan
+    (``schedule.shares``): values whose lifetimes are apart get the same array. Used by
+    the CPU and CUDA runtimes alike.
+
+    >>> from graphc.ir import Graph, TensorType
+    >>> g = Graph("f"); x = g.add_input(TensorType(("N", 4), "float32"), "x")
+    >>> a = g.add("exp", [x]); b = g.add("neg", [a]); c = g.add("exp", [b])
+    >>> g.set_outputs([g.add("reduce_sum", [c], {"axes": (0,), "keepdims": False})])
+    >>> s = build_schedule(g)
+    >>> arrays = planned_arrays(g, s, 3, lambda shape, dtype: np.empty(shape, dtype))
+    >>> arrays[s.buffers.index(c)] is arrays[s.buffers.index(a)], arrays[0].shape
+    (True, (3, 4))
+    """
+    made: dict = {}
+    arrays = []
+    for v in schedule.buffers:
+        rep = schedule.shares.get(v, v)
+        if rep not in made:
+            t = graph.type_of(v)
+            made[rep] = make(t.concrete(batch), t.dtype)
+        arrays.append(made[rep])
+    return arrays
+
+
 _DTYPES = {name: np.dtype(name) for name in ("float32", "float64", "int64")}
 
 
@@ -155,13 +181,8 @@ class Executable:
         bufs = self._buffers.get(batch)
         if bufs is None:
             g = self.graph
-            made: dict = {}    # values whose lifetimes are apart share one array
-            bufs = []
-            for v in self.schedule.buffers:
-                rep = self.schedule.shares.get(v, v)
-                if rep not in made:
-                    made[rep] = np.empty(g.type_of(v).concrete(batch), dtype=g.type_of(v).dtype)
-                bufs.append(made[rep])
+            bufs = planned_arrays(g, self.schedule, batch,
+                                  lambda shape, dtype: np.empty(shape, dtype=dtype))
             bufs += [np.empty(g.type_of(g.outputs[i]).concrete(batch),
                               dtype=g.type_of(g.outputs[i]).dtype)
                      for i in sorted(self.schedule.out_copies)]

@@ -274,6 +274,50 @@ def _():
                      "float64")
 
 
+@check("liveness_shared_device_arrays")
+def _():
+    """Scratch device arrays follow the liveness plan (schedule.shares), and sharing
+    changes no result: bitwise the same steps as a model whose values each have their
+    own array."""
+    import dataclasses
+
+    def model():
+        gc.manual_seed(9)
+        net = gc.nn.Sequential(gc.nn.Conv2d(1, 2, 3, padding=1), gc.nn.ReLU(),
+                               gc.nn.Conv2d(2, 2, 3, padding=1), gc.nn.ReLU(),
+                               gc.nn.MaxPool2d(2), gc.nn.Flatten(), gc.nn.Linear(2 * 3 * 3, 3))
+        return gc.compile(net, input_shape=(None, 1, 6, 6), loss="cross_entropy",
+                          optimizer=gc.optim.SGD(lr=0.1, momentum=0.9), target="cuda")
+    x = rng.normal(size=(2, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=2)
+    shared, own = model(), model()
+    shared.train_step(x, y)
+    exe = shared._exe("train")
+    s = exe.schedule
+    arrays = exe.buffers_for(2)[1][:len(s.buffers)]
+    array_of = dict(zip(s.buffers, map(id, arrays)))
+    if not s.shares or len(set(array_of.values())) != len(s.buffers) - len(s.shares):
+        raise AssertionError(f"{len(s.buffers)} values, {len(s.shares)} shared in the plan, "
+                             f"{len(set(array_of.values()))} device arrays")
+    for k in s.kernels:
+        reads = {array_of[v] for v in k.inputs if v in array_of}
+        if reads & {array_of[v] for v in k.outputs if v in array_of}:
+            raise AssertionError(f"kernel {k.name} writes a device array it reads")
+    other = own._exe("train")
+    other.schedule = dataclasses.replace(other.schedule, shares={})
+    other._buffers.clear()
+    own.train_step(x, y)
+    for step in range(2):
+        a, b = shared.train_step(x, y), own.train_step(x, y)
+        if a != b:
+            raise AssertionError(f"step {step + 2}: loss {a} with shared arrays, {b} without")
+    for name, p in shared.parameters().items():
+        if not np.array_equal(p, own.parameters()[name]):
+            raise AssertionError(f"parameter {name} differs with shared arrays")
+    return (f"{len(s.buffers)} values in {len(set(array_of.values()))} device arrays; "
+            "3 steps bitwise equal to an array per value")
+
+
 # ------------------------------------------------------------------ single ops
 def _draw(shape, domain, dtype):
     if domain.startswith("labels:"):

@@ -23,7 +23,7 @@ CHECKS = ["mlp_f64_cross_entropy_momentum", "mlp_f32_log_softmax_nll",
           "mlp_f64_sigmoid_bce_and_mse", "lenet_f64_conv_maxpool_dropout", "lenet_f32",
           "batchnorm2d_net_f32_and_f64", "load_parameters_and_batch_sizes",
           "every_op_sample_matches_interpreter", "matmul_transposes_multi_tile",
-          "fused_loop_group_and_unsupported_group_fallback",
+          "fused_loop_group_and_unsupported_group_fallback", "liveness_shared_device_arrays",
           "missing_cuda_template_is_a_compile_error"]
 
 
