@@ -22,6 +22,9 @@ from .cpu import (KERNEL_FLAGS, TemplateContext, _index, _run_kind, literal,
 from .schedule import LOOP_KINDS, Kernel
 
 SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reduction
+# longest trailing run a bare sum gets as a literal length (measured per run length on
+# a sum over (0, 2, 3): literal faster at 4 and 16 pixels, slower at 32 and beyond)
+LITERAL_RUN = 16
 REDUCERS = {"reduce_sum": ("{acc} + {v}", 0.0), "reduce_mean": ("{acc} + {v}", 0.0),
             "reduce_max": ("max({acc}, {v})", float("-inf"))}
 
@@ -80,7 +83,8 @@ def lone_reduction(g, k) -> bool:
     the CPU emitter gives it the fused reduction loop's code (accumulators in registers,
     a run of literal length) instead of the op's template, whose loop added into the
     output element in memory: batch norm's per-channel means over (256, 16, 8, 8) took
-    0.127 ms that way, 0.089 ms this way (over (256, 32, 4, 4): 0.089 -> 0.029 ms)."""
+    0.127 ms that way, 0.089 ms this way (over (256, 32, 4, 4): 0.089 -> 0.029 ms), 0.023
+    since its 64-pixel run's length is read from the shape (see _emit_suffix)."""
     if len(k.nodes) != 1 or g.op_of(k.nodes[0]) not in REDUCERS:
         return False
     (x,) = g.args_of(k.nodes[0])
@@ -349,6 +353,14 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
     inner_dims = iter_shape[s:] if flat else iter_shape[rank - 1:]
     static_len = (math.prod(inner_dims) if all(isinstance(d, int) for d in inner_dims)
                   else None)
+    if static_len is not None and static_len > LITERAL_RUN and not elems:
+        # A bare sum of a longer run reads its length from the shape: LLVM unrolls a
+        # literal loop with so small a body completely before it vectorises, and left a
+        # 64-pixel sum as 64 scalar adds (batch norm's per-channel means over
+        # (256, 16, 8, 8): 0.089 ms, 0.023-0.036 this way). Loops that also compute and
+        # store elementwise values keep the literal, which measured faster for them
+        # (batch norm's gradient kernels: 0.04-0.11 ms with it, 0.11-0.23 without).
+        static_len = None
     if flat:
         length = (str(static_len) if static_len is not None else
                   " * ".join(f"{var(src)}.shape[{d}]" for d in range(s, rank)))
@@ -379,7 +391,7 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
         for d in range(s, rank - 1):
             lines.append(f"{ind}for i{d} in range({var(src)}.shape[{d}]):")
             ind += "    "
-    if static_len is not None and static_len <= SUM_BLOCK:
+    if static_len is not None:
         # one block, its length a literal: LLVM sizes the vector loop to it (a 16-pixel
         # run fell through a 64-element vector body into the scalar remainder: a batch
         # norm gradient over (256, 32, 4, 4) took 0.39 ms)

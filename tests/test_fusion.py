@@ -393,3 +393,22 @@ def test_loop_nests_run_trailing_broadcast_axes_as_one_loop(dtype, bias, collaps
               "b": rng.normal(size=bias).astype(dtype)}
     for a, want in zip(exe.run(inputs), interpret(g, inputs)):
         np.testing.assert_array_equal(a, want)
+
+
+@pytest.mark.parametrize("hw,literal", [((8, 8), False), ((4, 4), True)])
+def test_a_bare_sum_of_a_long_run_reads_the_run_length_from_the_shape(hw, literal):
+    """Batch norm's per-channel mean of a convolution's output is a reduce loop with no
+    elementwise work: a 64-pixel run gets its length from the shape (a literal 64 was
+    unrolled into 64 scalar adds), a 16-pixel run keeps the literal; values as the
+    interpreter's."""
+    g = Graph(f"bare_sum_{hw[0]}")
+    x = g.add_input(TensorType(("N", 4) + hw, "float32"), "x")
+    g.set_outputs([g.add("reduce_mean", [x], {"axes": (0, 2, 3), "keepdims": True})])
+    h, _ = optimize(g.copy())
+    exe = compile_graph(h)
+    run = hw[0] * hw[1]
+    assert (f"n_run = {run}\n" in exe.source) == literal
+    assert (f"# one block of {run}" in exe.source) == literal
+    xv = np.random.default_rng(3).standard_normal((5, 4) + hw).astype(np.float32)
+    np.testing.assert_allclose(exe.run({"x": xv})[0], interpret(g, {"x": xv})[0],
+                               rtol=2e-6, atol=1e-7)
