@@ -3,9 +3,10 @@
 Parameters, optimizer state and hyper-parameters live in a :class:`DeviceStore` shared
 by all graphs of a model and stay on the device between steps; scratch buffers are
 device arrays allocated once per batch size, shared by values whose lifetimes are apart
-(the liveness plan of ``codegen/schedule.py``, as on the CPU). A call copies only the batch (data and
-labels) in and the non-aliased outputs (the loss) out; updated parameters are copied
-back to their NumPy arrays only when asked (:meth:`DeviceStore.pull`).
+(the liveness plan of ``codegen/schedule.py``, as on the CPU). A call copies only the
+batch (data and labels) in and the non-aliased outputs (the loss) out; updated
+parameters are copied back to their NumPy arrays only when asked
+(:meth:`DeviceStore.pull`).
 
 Importing this module does not import ``numba.cuda``; :func:`check_cuda` does, and it
 turns a missing GPU, driver or toolkit into a :class:`CompileError` that says what to

@@ -14,10 +14,6 @@ def _chain(v):
     return gc.sum(gc.sigmoid(v) * gc.tanh(v) + 0.5 * gc.relu(v) - gc.softplus(v))
 
 
-def _runtime_arrays(exe, batch=None):
-    return exe.buffers_for(batch)
-
-
 def _assert_apart(results, runtime):
     arrays = [r for r in results if isinstance(r, np.ndarray) and r.size]
     for i, a in enumerate(arrays):
@@ -38,7 +34,7 @@ def test_value_and_grad_returns_new_arrays_with_the_same_values(n, monkeypatch):
     np.testing.assert_array_equal(first[1], ref[1])
     np.testing.assert_array_equal(second[1], ref[1])
     assert first[0] == second[0]
-    _assert_apart([first[1], second[1]], _runtime_arrays(exe))
+    _assert_apart([first[1], second[1]], exe.buffers_for(None))
     g = exe.graph
     want = interpret(g, {g.input_names()[0]: x.astype(np.float64)})
     np.testing.assert_allclose(first[1], want[1], rtol=1e-5, atol=1e-6)
@@ -59,7 +55,7 @@ def test_an_output_in_a_reused_array_and_an_output_listed_twice():
     for o, w in zip(got, want):
         np.testing.assert_allclose(o, w, rtol=1e-12)
     assert got[0] is not got[1]
-    _assert_apart(got + exe.run([xv]), _runtime_arrays(exe, 3))
+    _assert_apart(got + exe.run([xv]), exe.buffers_for(3))
 
 
 def test_model_forward_and_gradients_hand_out_new_arrays():
@@ -73,7 +69,7 @@ def test_model_forward_and_gradients_hand_out_new_arrays():
     np.testing.assert_array_equal(out1, out2)
     grads = m.gradients(x, y)
     _assert_apart([out1, out2, *grads.values()],
-                  _runtime_arrays(m._exe("forward"), 4) + _runtime_arrays(m._exe("gradients"), 4))
+                  m._exe("forward").buffers_for(4) + m._exe("gradients").buffers_for(4))
     ref = interpret(m._graph("forward"),
                     dict(zip(m._graph("forward").input_names(), m._inputs("forward", x))))
     np.testing.assert_allclose(out1, ref[0], rtol=1e-5, atol=1e-6)
