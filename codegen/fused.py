@@ -391,7 +391,7 @@ def _emit_suffix(em, k, reds, suffix, elems, reads, stored, iter_shape, src) -> 
         for d in range(s, rank - 1):
             lines.append(f"{ind}for i{d} in range({var(src)}.shape[{d}]):")
             ind += "    "
-    if static_len is not None:
+    if static_len is not None and static_len <= SUM_BLOCK:
         # one block, its length a literal: LLVM sizes the vector loop to it (a 16-pixel
         # run fell through a 64-element vector body into the scalar remainder: a batch
         # norm gradient over (256, 32, 4, 4) took 0.39 ms)

@@ -355,6 +355,7 @@ def test_reductions_over_trailing_axes_match_the_interpreter(dtype):
     exe = compile_graph(h)
     assert {k.kind for k in exe.schedule.kernels} == {"reduce_loop"}
     assert "n_run" in exe.source          # the (0, 2, 3) sum took the flattened run
+    assert "for bu in range" in exe.source    # the run longer than a block runs in blocks
     if dtype == "float64":
         assert "reassoc" not in exe.source
     rng = np.random.default_rng(6)
