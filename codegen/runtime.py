@@ -99,8 +99,7 @@ class Executable:
         self.roles = [graph.input_role(i) for i in graph.inputs]
         self.label_classes = dict(graph.meta.get("label_classes", {}))
         self._buffers: OrderedDict = OrderedDict()
-        self._out_plan = None
-        self._fresh_plan = None   # buffer positions of outputs written into new arrays
+        self._out_plan = None     # (output plan, fresh positions): _output_plan
         self._lock = threading.Lock()
         self.timings: dict = {}
         # large elementwise graphs run in row chunks on every core (codegen/parallel.py)
@@ -268,7 +267,6 @@ class Executable:
         self.one_blas_thread = False
         self._buffers.clear()
         self._out_plan = None
-        self._fresh_plan = None
 
     def _chunks_for(self, batch, bufs):
         """(row ranges, buffer arguments per chunk) for this batch size, built once; None
@@ -318,31 +316,24 @@ class Executable:
 
     def _fresh_outputs(self, bufs) -> dict:
         """{buffer position: new empty array} for the outputs a copying call returns that
-        the driver can write into directly: those held in a buffer (not an input updated
-        in place), not rank 0 (those become scalars or tiny copies), each position once.
-        Any array will do there: every kernel writes its outputs before anything reads
-        them, as it must for the runtime's own buffers on their first call."""
-        plan = self._fresh_plan
-        if plan is None:
-            if self._out_plan is None:
-                self._out_plan = self._output_plan()
-            outputs = self.graph.outputs
-            plan = []
-            for idx, (from_input, k) in enumerate(self._out_plan):
-                if not from_input and k not in plan and self.graph.type_of(outputs[idx]).rank:
-                    plan.append(k)
-            plan = self._fresh_plan = tuple(plan)
-        return {k: np.empty_like(bufs[k]) for k in plan}
+        the driver can write into directly (see :meth:`_output_plan`). Any array will do
+        there: every kernel writes its outputs before anything reads them, as it must for
+        the runtime's own buffers on their first call."""
+        return {k: np.empty_like(bufs[k]) for k in self._plans()[1]}
 
     def collect(self, arrays, bufs):
         """The output arrays: inputs updated in place, buffers, or final copies."""
-        plan = self._out_plan
-        if plan is None:
-            plan = self._out_plan = self._output_plan()
-        return [arrays[k] if from_input else bufs[k] for from_input, k in plan]
+        return [arrays[k] if from_input else bufs[k] for from_input, k in self._plans()[0]]
+
+    def _plans(self):
+        if self._out_plan is None:
+            self._out_plan = self._output_plan()
+        return self._out_plan
 
     def _output_plan(self):
-        """Per output: (True, input index) or (False, buffer index); computed once."""
+        """(per output: (True, input index) or (False, buffer index); the buffer positions
+        a copying call fills with new arrays: outputs held in a buffer, not rank 0 (those
+        become scalars or tiny copies), each position once); computed once."""
         g, s = self.graph, self.schedule
         where = {nid: (True, i) for i, nid in enumerate(g.inputs)}
         for j, v in enumerate(s.buffers):
@@ -358,7 +349,11 @@ class Executable:
                 plan.append((True, g.aliases[idx]))
             else:
                 plan.append(where[v])
-        return plan
+        fresh = []
+        for (from_input, k), v in zip(plan, g.outputs):
+            if not from_input and k not in fresh and g.type_of(v).rank:
+                fresh.append(k)
+        return plan, tuple(fresh)
 
 
 def compile_graph(graph, target: str = "cpu", **options) -> Executable:
