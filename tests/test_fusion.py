@@ -155,7 +155,7 @@ def test_a_mask_whose_activation_is_not_stored_stays_with_its_producer():
     g = Graph("relu_scaled")
     x = g.add_input(TensorType(("N", 4), "float64"), "x")
     w = g.add_input(TensorType((4, 4), "float64"), "w")
-    two = g.add("constant", [], {"value": 2.0, "shape": (), "dtype": "float64"})
+    two = g.constant(2.0, "float64")
     r = g.add("relu", [x])
     y = g.add("mul", [r, two])
     loss = g.add("reduce_sum", [g.add("matmul", [y, w])], {"axes": (0, 1), "keepdims": False})
