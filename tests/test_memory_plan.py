@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.schedule import _readers_through_views
+from graphc.codegen.schedule import _readers_through_views, view_bases
 
 
 def _convnet():
@@ -33,7 +33,7 @@ def _lifetimes(exe):
     position = {n: k.index for k in s.kernels for n in k.nodes}
     readers = _readers_through_views(g, s.views, position)
     end = len(s.kernels)
-    keep = set(g.outputs) | set(s.copy_back)
+    keep = view_bases(g, set(g.outputs) | set(s.copy_back), s.views)
     return {v: (position[v], end if v in keep else max(readers.get(v, ()), default=position[v]))
             for v in s.buffers}
 
@@ -96,3 +96,23 @@ def test_an_output_array_is_never_reused_after_it(kind):
         for v, a in array_of.items():
             if a == array_of[out] and v != out:
                 assert life[v][0] < life[out][0], (v, out)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_an_output_that_is_a_view_keeps_the_array_it_views(fuse):
+    """A graph output that is a reshape is copied out of its source's array after the
+    run, so no later kernel may take that array: here a later value of the source's
+    type (2, 1, 4) would have."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+
+    def f(a, b):
+        return ((gc.exp(a).sum(1, keepdim=True) * 2.0).reshape(2, 4),
+                gc.exp(b).mean(1, keepdim=True) * 3.0)
+    first, second = gc.jit(f, fuse=fuse)(x, y)
+    np.testing.assert_allclose(first, (np.exp(x).sum(1, keepdims=True) * 2.0).reshape(2, 4))
+    np.testing.assert_allclose(second, np.exp(y).mean(1, keepdims=True) * 3.0)
+    exe = gc.jit(f, fuse=fuse).compiled((x, y))
+    (view,) = [o for o in exe.graph.outputs if o in exe.schedule.views]
+    source = exe.graph.args_of(view)[0]
+    assert source not in exe.schedule.shares.values()
