@@ -11,7 +11,8 @@ import numpy as np
 from graphc.ir import OpError, ShapeError
 from graphc.ir.types import format_shape
 
-from .tracing import Tensor, as_tensor, cat, matmul, reduce, stack, where, _binary  # noqa: F401
+from .tracing import (Tensor, _binary, _to_float, as_tensor, cat, matmul, reduce,  # noqa: F401
+                      reduce_axes, stack, where)
 
 concat = cat
 
@@ -57,6 +58,100 @@ def amax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
 max = amax  # noqa: A001
 
 
+def amin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """``torch.amin``: the minimum over ``dim``, as ``-amax(-x)``; ties share the
+    gradient equally, as PyTorch's ``amin``.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda x: gc.amin(x, dim=1))(np.array([[3.0, 1.0], [2.0, 5.0]]))
+    array([1., 2.])
+    """
+    return -amax(-as_tensor(x), dim, keepdim, axis=axis, keepdims=keepdims)
+
+
+min = amin  # noqa: A001
+
+
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None,
+        keepdims=None):
+    """``torch.var``: mean squared deviation over ``dim``, divided by ``N - correction``
+    instead of ``N`` (``correction=1`` by default, as PyTorch; ``unbiased=False`` is
+    ``correction=0``). ``N`` is read at run time, so a batch axis may be reduced.
+
+    >>> import numpy as np, graphc as gc
+    >>> round(float(gc.jit(lambda x: gc.var(x))(np.array([1.0, 2.0, 3.0, 4.0]))), 6)
+    1.666667
+    """
+    if unbiased is not None and correction is not None:
+        raise OpError(f"var: give unbiased or correction, not both (unbiased={unbiased}, "
+                      f"correction={correction})")
+    c = (1 if unbiased is None else int(bool(unbiased))) if correction is None else correction
+    if not isinstance(c, (int, float)) or isinstance(c, bool) or c < 0:
+        raise OpError(f"var: correction must be a number >= 0, got {correction!r}")
+    t = _to_float(as_tensor(x))
+    axes = reduce_axes("var", t, dim, axis)
+    keep = keepdim if keepdims is None else keepdims
+    xc = t - reduce("reduce_mean", t, axes, True)
+    sq_mean = reduce("reduce_mean", xc * xc, axes, keep)
+    if c == 0:
+        return sq_mean
+    count = t._new("shape_size", [t], {"axes": axes, "dtype": t.dtype})
+    return sq_mean * (count / (count - float(c)))
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None,
+        keepdims=None):
+    """``torch.std``: the square root of :func:`var` (same arguments).
+
+    >>> import numpy as np, graphc as gc
+    >>> float(gc.jit(lambda x: gc.std(x, correction=0))(np.array([1.0, 3.0])))
+    1.0
+    """
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction, axis=axis,
+                    keepdims=keepdims))
+
+
+def logsumexp(x, dim, keepdim=False):
+    """``torch.logsumexp``: ``log(sum(exp(x)))`` over ``dim``, shifted by the maximum so
+    that it neither overflows nor underflows; a slice whose maximum is +-inf (or nan)
+    is not shifted, so it gives +inf, -inf (all -inf) or nan as PyTorch does.
+
+    >>> import numpy as np, graphc as gc
+    >>> round(float(gc.jit(lambda x: gc.logsumexp(x, dim=0))(np.array([1000.0, 1000.0]))), 6)
+    1000.693147
+    """
+    t = _to_float(as_tensor(x))
+    axes = reduce_axes("logsumexp", t, dim)
+    m = amax(t, axes, True)
+    m = where(abs(m) < float("inf"), m, 0.0)
+    out = log(sum(exp(t - m), axes, True)) + m
+    if keepdim:
+        return out
+    return out.reshape(tuple(d for i, d in enumerate(t.shape) if i not in axes))
+
+
+def clamp(x, min=None, max=None):  # noqa: A002
+    """``torch.clamp``: ``x`` limited to ``[min, max]`` (numbers or tensors, either may be
+    None). The gradient is 1 where ``min <= x <= max`` and 0 outside, as PyTorch's;
+    nan stays nan.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda x: gc.clamp(x, -1.0, 1.0))(np.array([-2.0, 0.5, 3.0]))
+    array([-1. ,  0.5,  1. ])
+    """
+    if min is None and max is None:
+        raise OpError("clamp: give min, max or both")
+    t = as_tensor(x)
+    if min is not None:
+        t = where(t < min, min, t)
+    if max is not None:
+        t = where(t > max, max, t)
+    return t
+
+
+clip = clamp
+
+
 def reshape(x, shape): return as_tensor(x).reshape(shape)
 def transpose(x, *perm): return as_tensor(x).transpose(*perm)
 def flatten(x, start_dim=0, end_dim=-1): return as_tensor(x).flatten(start_dim, end_dim)
@@ -81,6 +176,58 @@ def _along_dim(op, x, dim):
 
 def softmax(x, dim=-1): return _along_dim("softmax", x, dim)
 def log_softmax(x, dim=-1): return _along_dim("log_softmax", x, dim)
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    """``F.hardtanh``: ``x`` limited to ``[min_val, max_val]``; unlike :func:`clamp`, the
+    gradient is 0 at the two ends as well, as PyTorch's.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.grad(lambda x: gc.sum(gc.nn.functional.hardtanh(x)))(np.array([-1.0, 0.0, 2.0]))
+    array([0., 1., 0.])
+    """
+    if min_val > max_val:
+        raise OpError(f"hardtanh: min_val {min_val} is greater than max_val {max_val}")
+    t = as_tensor(x)
+    return where(t <= float(min_val), float(min_val),
+                 where(t >= float(max_val), float(max_val), t))
+
+
+def relu6(x):
+    """``F.relu6``: ``min(max(x, 0), 6)`` (gradient 0 at both ends, as PyTorch's)."""
+    return hardtanh(x, 0.0, 6.0)
+
+
+def silu(x):
+    """``F.silu`` (swish): ``x * sigmoid(x)``."""
+    t = as_tensor(x)
+    return t * sigmoid(t)
+
+
+def mish(x):
+    """``F.mish``: ``x * tanh(softplus(x))``."""
+    t = as_tensor(x)
+    return t * tanh(softplus(t))
+
+
+def logsigmoid(x):
+    """``F.logsigmoid``: ``log(sigmoid(x)) = -softplus(-x)``, finite for any x."""
+    return -softplus(-as_tensor(x))
+
+
+def softsign(x):
+    """``F.softsign``: ``x / (1 + |x|)``."""
+    t = as_tensor(x)
+    return t / (abs(t) + 1.0)
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(x):
+    """``F.selu``: ``scale * elu(x, alpha)`` with PyTorch's (self-normalising) constants."""
+    return elu(x, SELU_ALPHA) * SELU_SCALE
 
 
 def leaky_relu(x, negative_slope=0.01):

@@ -40,7 +40,9 @@ from .nn.module import Module
 
 TOP_KEYS = {"name", "input_shape", "layers", "loss", "optimizer", "batch_size", "dtype",
             "seed"}
-ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "softplus": "Softplus"}
+ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "softplus": "Softplus",
+               "silu": "SiLU", "mish": "Mish", "logsigmoid": "LogSigmoid",
+               "softsign": "Softsign", "relu6": "ReLU6", "selu": "SELU"}
 # layer type -> {field: (checker, default)}; REQUIRED marks fields with no default
 REQUIRED = object()
 # Upper bound on any size and on the elements of one sample's activations or one layer's
@@ -102,6 +104,7 @@ FIELDS = {
     "layer_norm": {"eps": (_pos_num, 1e-5, "a positive number")},
     "leaky_relu": {"negative_slope": (_num, 0.01, "a number")},
     "elu": {"alpha": (_num, 1.0, "a number")},
+    "hardtanh": {"min_val": (_num, -1.0, "a number"), "max_val": (_num, 1.0, "a number")},
     "gelu": {"approximate": (lambda v: v in ("none", "tanh"), "none", '"none" or "tanh"')},
     "residual": {"layers": (lambda v: isinstance(v, list) and len(v) > 0, REQUIRED,
                             "a non-empty list of layers")},
@@ -353,6 +356,10 @@ def _build_layers(spec, layers, shape, path, check_only=False):
             modules.append(make("LeakyReLU", f["negative_slope"]))
         elif kind == "elu":
             modules.append(make("ELU", f["alpha"]))
+        elif kind == "hardtanh":
+            if f["min_val"] > f["max_val"]:
+                raise bad(f"min_val = {f['min_val']} is greater than max_val = {f['max_val']}")
+            modules.append(make("Hardtanh", f["min_val"], f["max_val"]))
         elif kind == "gelu":
             modules.append(make("GELU", f["approximate"]))
         elif kind == "residual":

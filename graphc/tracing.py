@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from graphc.ir import BATCH, DTypeError, Graph, ShapeError, TensorType
+from graphc.ir import BATCH, DTypeError, Graph, OpError, ShapeError, TensorType
 from graphc.ir.ops._util import broadcast_shapes
 from graphc.ir.types import dtype_name, format_shape
 
@@ -85,6 +85,11 @@ def tracing(graph: Graph, training: bool = False):
         _STATE.ctx = prev
 
 
+def _functional():
+    from graphc import functional   # imports this module: looked up at call time
+    return functional
+
+
 class TensorOps:
     """Operators shared by :class:`Tensor` and ``nn.Parameter``; ``_t()`` gives the Tensor."""
 
@@ -110,6 +115,16 @@ class TensorOps:
         if isinstance(p, (int, float)):
             return self._t()._unary("pow", {"exponent": float(p)})
         raise ShapeError("only constant exponents are supported: x ** 2.0, not x ** tensor")
+
+    def __rpow__(self, base):
+        """``base ** x`` for a positive constant ``base``, as ``exp(x * ln base)`` (floats)."""
+        if (isinstance(base, (int, float, np.integer, np.floating)) and not isinstance(base, bool)
+                and base > 0):
+            return (_to_float(self._t()) * float(np.log(base)))._unary("exp")
+        raise OpError(f"{_where(self._t())}{base!r} ** tensor: the base must be a positive "
+                      f"constant")
+
+    def __abs__(self): return self._t()._unary("abs")
 
     def where(self, condition, other): return where(condition, self, other)
     def __getitem__(self, key): return getitem(self._t(), key)
@@ -147,6 +162,27 @@ class TensorOps:
     def relu(self): return self._t()._unary("relu")
     def sqrt(self): return self._t()._unary("sqrt")
     def abs(self): return self._t()._unary("abs")
+    def erf(self): return self._t()._unary("erf")
+    def neg(self): return -self
+    def square(self): return self._t()._unary("pow", {"exponent": 2.0})
+    def pow(self, p): return self ** p
+
+    # methods that are compositions live in graphc.functional, which builds on this module
+    def softmax(self, dim=-1): return _functional().softmax(self, dim)
+    def log_softmax(self, dim=-1): return _functional().log_softmax(self, dim)
+    def clamp(self, min=None, max=None): return _functional().clamp(self, min, max)  # noqa: A002
+    clip = clamp
+    def logsumexp(self, dim, keepdim=False): return _functional().logsumexp(self, dim, keepdim)
+
+    def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None,
+            keepdims=None):
+        return _functional().var(self, dim, unbiased, keepdim, correction=correction,
+                                 axis=axis, keepdims=keepdims)
+
+    def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None,
+            keepdims=None):
+        return _functional().std(self, dim, unbiased, keepdim, correction=correction,
+                                 axis=axis, keepdims=keepdims)
 
     def astype(self, dtype):
         """This tensor converted to ``dtype`` (``"float32"``, ``np.float64``, ``"int64"``;
@@ -174,6 +210,9 @@ class TensorOps:
     def amax(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
         return reduce("reduce_max", self, dim, keepdim, axis, keepdims)
     max = amax
+    def amin(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        return _functional().amin(self, dim, keepdim, axis=axis, keepdims=keepdims)
+    min = amin
 
     def transpose(self, *perm):
         t = self._t()
@@ -548,22 +587,28 @@ def reduce(op, x, dim, keepdim, axis=None, keepdims=None) -> Tensor:
     """``op`` over ``dim`` (int, tuple or None = all); ``axis``/``keepdims`` are the
     NumPy spellings PyTorch also accepts. int64 is reduced in the trace's float dtype."""
     t = _to_float(as_tensor(x))
+    if keepdims is not None:
+        keepdim = keepdims
+    return t._new(op, [t], {"axes": reduce_axes(op, t, dim, axis), "keepdims": bool(keepdim)})
+
+
+def reduce_axes(op, t: Tensor, dim, axis=None) -> tuple:
+    """The sorted non-negative axes of ``t`` that ``dim`` (int, tuple or None = all) or
+    its NumPy alias ``axis`` names, for reductions; ``op`` names the caller in errors."""
     if axis is not None:
         if dim is not None:
             raise ShapeError(f"{op}: give dim or its alias axis, not both (dim={dim}, "
                              f"axis={axis})")
         dim = axis
-    if keepdims is not None:
-        keepdim = keepdims
     if dim is None:
-        axes = tuple(range(t.ndim))
-    else:
-        dims = (dim,) if isinstance(dim, int) else tuple(dim)
-        for d in dims:
-            if not -t.ndim <= d < t.ndim:
-                raise ShapeError(f"{op}: dim {d} is out of range for shape {format_shape(t.shape)}")
-        axes = tuple(sorted(d % t.ndim for d in dims))
-    return t._new(op, [t], {"axes": axes, "keepdims": bool(keepdim)})
+        return tuple(range(t.ndim))
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    for d in dims:
+        if not isinstance(d, (int, np.integer)) or isinstance(d, bool):
+            raise ShapeError(f"{op}: dim must be an int or a tuple of ints, got {dim!r}")
+        if not -t.ndim <= d < t.ndim:
+            raise ShapeError(f"{op}: dim {d} is out of range for shape {format_shape(t.shape)}")
+    return tuple(sorted(int(d) % t.ndim for d in dims))
 
 
 def resolve_reshape(src: tuple, shape) -> tuple:

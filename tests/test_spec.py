@@ -8,7 +8,7 @@ import pytest
 
 import graphc as gc
 from graphc.ir import SpecError
-from graphc.spec import load_spec, parse_spec
+from graphc.spec import ACTIVATIONS, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 HAS_CONV = hasattr(gc.nn, "Conv2d") and hasattr(gc.nn, "MaxPool2d") and \
@@ -122,6 +122,18 @@ def test_norm_and_activation_layers_build_and_train():
     for _ in range(20):
         last = m.train_step(x, np.array([0, 1, 2, 0]))
     assert np.isfinite(first) and last < first
+
+
+def test_every_activation_layer_type_builds_its_module():
+    kinds = sorted(ACTIVATIONS)
+    spec = parse_spec(_layers(*[{"type": k} for k in kinds],
+                              {"type": "hardtanh", "min_val": -2, "max_val": 0.5}))
+    built = spec.build()
+    assert [type(m).__name__ for m in built] == [ACTIVATIONS[k] for k in kinds] + ["Hardtanh"]
+    assert (built[-1].min_val, built[-1].max_val) == (-2.0, 0.5)
+    with pytest.raises(SpecError,
+                       match=r"layers\[0\]: \(hardtanh\) min_val = 2 is greater than max_val = 1.0"):
+        parse_spec(_layers({"type": "hardtanh", "min_val": 2})).build()
 
 
 def test_file_errors(tmp_path):

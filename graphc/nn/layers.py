@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from graphc.ir import ShapeError
+from graphc.ir import OpError, ShapeError
 from graphc.ir.types import format_shape
 
 from .. import functional as F
@@ -56,6 +56,28 @@ ReLU = _activation("ReLU", F.relu)
 Sigmoid = _activation("Sigmoid", F.sigmoid)
 Tanh = _activation("Tanh", F.tanh)
 Softplus = _activation("Softplus", F.softplus)
+SiLU = _activation("SiLU", F.silu)
+Mish = _activation("Mish", F.mish)
+LogSigmoid = _activation("LogSigmoid", F.logsigmoid)
+Softsign = _activation("Softsign", F.softsign)
+ReLU6 = _activation("ReLU6", F.relu6)
+SELU = _activation("SELU", F.selu)
+
+
+class Hardtanh(Module):
+    """``torch.nn.Hardtanh``."""
+
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        if min_val > max_val:
+            raise OpError(f"Hardtanh: min_val {min_val} is greater than max_val {max_val}")
+        self.min_val, self.max_val = float(min_val), float(max_val)
+
+    def forward(self, x):
+        return F.hardtanh(x, self.min_val, self.max_val)
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
 
 
 class LeakyReLU(Module):
