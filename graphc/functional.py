@@ -239,10 +239,11 @@ def leaky_relu(x, negative_slope=0.01):
 def elu(x, alpha=1.0):
     """``F.elu``: x where x > 0, else ``alpha * (e**x - 1)``.
 
-    The exponential is taken of min(x, 0): the branch not taken must stay finite, or
-    its zero gradient times an infinite e**x would be nan (JAX's "double where")."""
+    The exponential is taken of x where x <= 0 and of 0 elsewhere: the branch not taken
+    must stay finite, or its zero gradient times an infinite e**x would be nan (JAX's
+    "double where"); at 0 the gradient is alpha, as PyTorch's."""
     t = as_tensor(x)
-    neg = minimum(t, 0.0)
+    neg = where(t > 0, 0.0, t)
     return where(t > 0, t, (exp(neg) - 1.0) * float(alpha))
 
 

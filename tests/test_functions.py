@@ -149,7 +149,7 @@ def test_compiled_float32_matches_the_reference(reference):
 
 def test_gradients_at_the_bounds_follow_pytorch():
     """clamp passes the gradient at min and max (min <= x <= max); hardtanh and relu6
-    do not (min < x < max); amin shares it equally among ties."""
+    do not (min < x < max); amin, maximum and minimum share it equally among ties."""
     x = np.array([-2.0, -1.0, 0.0, 1.0, 2.0, 6.0])
     g = gc.grad(lambda a: gc.sum(gc.clamp(a, -1.0, 1.0)))(x)
     np.testing.assert_array_equal(g, ((x >= -1) & (x <= 1)).astype(float))
@@ -158,6 +158,14 @@ def test_gradients_at_the_bounds_follow_pytorch():
     g = gc.grad(lambda a: gc.sum(gc.amin(a, dim=1)))(np.array([[1.0, 1.0, 2.0],
                                                                   [3.0, 0.0, 0.0]]))
     np.testing.assert_array_equal(g, [[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]])
+    # maximum and minimum split the gradient on ties; elu's at 0 is alpha
+    y = np.array([-2.0, 0.0, 1.0, 1.0, 2.0, 0.0])
+    gx, gy = gc.grad(lambda a, b: gc.sum(gc.maximum(a, b) + gc.minimum(a, b) * 3.0),
+                     argnums=(0, 1))(x, y)
+    np.testing.assert_array_equal(gx, np.where(x == y, 2.0, np.where(x > y, 1.0, 3.0)))
+    np.testing.assert_array_equal(gy, np.where(x == y, 2.0, np.where(x > y, 3.0, 1.0)))
+    g = gc.grad(lambda a: gc.sum(F.elu(a, 0.7)))(np.array([-1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(g, [0.7 * np.exp(-1.0), 0.7, 1.0], rtol=1e-15)
     try:
         import torch
     except ImportError:
@@ -167,6 +175,12 @@ def test_gradients_at_the_bounds_follow_pytorch():
     g = gc.grad(lambda a: gc.sum(gc.clamp(a, -1.0, 1.0)) * 2 + gc.sum(F.hardtanh(a))
                 + gc.sum(F.relu6(a)))(x)
     np.testing.assert_array_equal(g, t.grad.numpy())
+    t, u = torch.tensor(x, requires_grad=True), torch.tensor(y, requires_grad=True)
+    (torch.maximum(t, u) + torch.minimum(t, u) * 3.0 + _tf().elu(t, 0.7)).sum().backward()
+    gx, gy = gc.grad(lambda a, b: gc.sum(gc.maximum(a, b) + gc.minimum(a, b) * 3.0
+                                         + F.elu(a, 0.7)), argnums=(0, 1))(x, y)
+    np.testing.assert_allclose(gx, t.grad.numpy(), rtol=1e-15)
+    np.testing.assert_array_equal(gy, u.grad.numpy())
 
 
 def test_clamp_with_tensor_bounds():

@@ -91,7 +91,10 @@ def _minmax_vjp(cmp):
     def vjp(g, node, grad):
         x, y = node.args
         a, b = _types(g, node)
-        take_x = g.add(cmp, [x, y])                       # 1 where x wins (ties go to x)
+        # 1 where x wins, 1/2 on ties (PyTorch's and JAX's choice: max(x, x) = x gets
+        # gradient 1 in all, and neither operand is preferred)
+        tie = g.add("mul", [g.add("eq", [x, y]), scalar(g, 0.5, node.dtype)])
+        take_x = g.add("add", [g.add(cmp, [x, y]), tie])
         take_y = g.add("sub", [scalar(g, 1.0, node.dtype), take_x])
         return [unbroadcast(g, g.add("mul", [grad, take_x]), a),
                 unbroadcast(g, g.add("mul", [grad, take_y]), b)]
@@ -105,9 +108,9 @@ binary("div", np.divide, "({0} / {1})", _div_vjp,
        samples=tuple(Sample(s.shapes, domains=("real", "nonzero")) for s in _BIN_SAMPLES),
        doc="x / y")
 # CUDA spellings avoid the builtin max/min (see graphc.ir.ops._cuda.maximum)
-binary("maximum", np.maximum, "max({0}, {1})", _minmax_vjp("ge"), doc="max(x, y)",
+binary("maximum", np.maximum, "max({0}, {1})", _minmax_vjp("gt"), doc="max(x, y)",
        cuda_expr=lambda args, a, lit: _cuda.maximum(*args))
-binary("minimum", np.minimum, "min({0}, {1})", _minmax_vjp("le"), doc="min(x, y)",
+binary("minimum", np.minimum, "min({0}, {1})", _minmax_vjp("lt"), doc="min(x, y)",
        cuda_expr=lambda args, a, lit: _cuda.minimum(*args))
 for _name, _fn, _op in (("gt", np.greater, ">"), ("ge", np.greater_equal, ">="),
                         ("lt", np.less, "<"), ("le", np.less_equal, "<="),
