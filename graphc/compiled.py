@@ -490,7 +490,9 @@ class CompiledModel:
 
     def set_lr(self, lr: float):
         """Change the learning rate; no recompilation (it is a run-time input)."""
-        self.optimizer.lr = float(lr)
+        if self.optimizer is None:
+            raise OpError("set_lr: this model was compiled without an optimizer")
+        self.optimizer.lr = lr
 
     def ir(self, graph: str = "train", after: str | None = None) -> str:
         """The IR as text: ``graph`` in forward|loss|gradients|train, after pass ``after``

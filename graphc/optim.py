@@ -10,6 +10,8 @@ input, so changing ``opt.lr`` (or a schedule) never recompiles.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from graphc.ir import OpError
 
 
@@ -17,9 +19,20 @@ class Optimizer:
     rule = ""
 
     def __init__(self, lr: float):
-        if not lr >= 0:
-            raise OpError(f"{type(self).__name__}: invalid learning rate {lr!r}")
-        self.lr = float(lr)
+        self.lr = lr
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        # checked here, so CompiledModel.set_lr and schedules get the same one-line error
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not (ok and 0 <= value < float("inf")):
+            raise OpError(f"{type(self).__name__}: invalid learning rate {value!r} (a finite "
+                          f"number >= 0)")
+        self._lr = float(value)
 
     def hyper(self) -> dict:
         raise NotImplementedError

@@ -201,6 +201,20 @@ def test_optimizer_kwargs_follow_torch():
         gc.optim.RMSprop(eps=-1)
 
 
+def test_bad_learning_rates_are_one_line_errors():
+    for lr in (-1, float("nan"), float("inf"), "fast", None, True):
+        with pytest.raises(gc.OpError, match=r"SGD: invalid learning rate .* \(a finite number"):
+            gc.optim.SGD(lr=lr)
+    m = gc.compile(_net(), input_shape=(None, 3), loss="mse", optimizer=gc.optim.Adam(lr=0.1))
+    m.set_lr(np.float32(0.5))
+    assert m.optimizer.lr == 0.5
+    with pytest.raises(gc.OpError, match="Adam: invalid learning rate 'fast'"):
+        m.set_lr("fast")
+    assert m.optimizer.lr == 0.5
+    with pytest.raises(gc.OpError, match="compiled without an optimizer"):
+        gc.compile(_net(), input_shape=(None, 3)).set_lr(0.1)
+
+
 # ---------------------------------------------------------------- L2 and clipping
 
 @pytest.fixture(scope="module")
