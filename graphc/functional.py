@@ -14,7 +14,7 @@ from graphc.ir.types import format_shape
 from .tracing import (Tensor, _binary, _to_float, as_tensor, cat, matmul, reduce,  # noqa: F401
                       reduce_axes, stack, where)
 
-concat = cat
+concat = concatenate = cat
 
 
 def _unary(op, x, attrs=None) -> Tensor:

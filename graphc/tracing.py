@@ -117,12 +117,20 @@ class TensorOps:
         raise ShapeError("only constant exponents are supported: x ** 2.0, not x ** tensor")
 
     def __rpow__(self, base):
-        """``base ** x`` for a positive constant ``base``, as ``exp(x * ln base)`` (floats)."""
-        if (isinstance(base, (int, float, np.integer, np.floating)) and not isinstance(base, bool)
-                and base > 0):
-            return (_to_float(self._t()) * float(np.log(base)))._unary("exp")
-        raise OpError(f"{_where(self._t())}{base!r} ** tensor: the base must be a positive "
-                      f"constant")
+        """``base ** x`` for a positive constant ``base`` (a number or an array), as
+        ``exp(x * ln base)`` (floats)."""
+        t = self._t()
+        if isinstance(base, (int, float, np.integer, np.floating)) and not isinstance(base, bool):
+            if base > 0:
+                return (_to_float(t) * float(np.log(base)))._unary("exp")
+            raise OpError(f"{_where(t)}{base!r} ** tensor: the base must be a positive constant")
+        if (isinstance(base, np.ndarray) and base.dtype.kind in "iuf" and base.size
+                and np.all(base > 0)):
+            return (_to_float(t) * np.log(base.astype(np.float64)))._unary("exp")
+        what = (f"an array {format_shape(base.shape)} of dtype {base.dtype}"
+                if isinstance(base, np.ndarray) else f"a {type(base).__name__}")
+        raise OpError(f"{_where(t)}base ** tensor with {what} as the base: the base must be "
+                      f"positive numbers")
 
     def __abs__(self): return self._t()._unary("abs")
 
@@ -313,6 +321,56 @@ class Tensor(TensorOps):
 
     def __array__(self, *a, **k):
         raise ShapeError("a traced Tensor cannot become a NumPy array during tracing")
+
+    # NumPy's functions cannot work on a Tensor: np.sum(t) would call t.sum with NumPy's
+    # own keywords (out=...), np.exp(t) would try to make an array of it. The ufuncs that
+    # Python's operators call between an ndarray and a Tensor (arr + t, arr @ t, arr < t)
+    # are traced as the operators are.
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if "out" in kwargs:
+            raise OpError(f"np.{ufunc.__name__}(..., out=): a NumPy array cannot hold a traced "
+                          f"Tensor (write arr = arr + t, not arr += t)")
+        op = _OPERATOR_UFUNCS.get(ufunc.__name__) if method == "__call__" and not kwargs else None
+        if op is None:
+            raise OpError(_numpy_hint(ufunc.__name__))
+        return op(*inputs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise OpError(_numpy_hint(func.__name__))
+
+    def __len__(self):
+        shape = self.type.shape
+        if not shape:
+            raise ShapeError(f"{_where(self)}len() of a 0-d tensor")
+        if shape[0] == BATCH:
+            raise ShapeError(f"{_where(self)}len() of {format_shape(shape)}: the batch "
+                             f"dimension has no size while tracing")
+        return shape[0]
+
+    def __iter__(self):
+        """The slices along dim 0, as PyTorch iterates (its size must be static)."""
+        return (self[i] for i in range(len(self)))
+
+
+def _numpy_hint(name: str) -> str:
+    use = ([f"gc.{name}(...)"] if hasattr(_functional(), name) else []) + \
+        ([f"x.{name}(...)"] if hasattr(TensorOps, name) else [])
+    return (f"np.{name} cannot take a traced Tensor: use "
+            f"{' or '.join(use) or 'the graphc function or Tensor method'}")
+
+
+def _rpow(base, exponent):
+    return exponent.__rpow__(base) if isinstance(base, np.ndarray) else base ** exponent
+
+
+_OPERATOR_UFUNCS = {
+    "add": lambda a, b: _binary("add", a, b), "subtract": lambda a, b: _binary("sub", a, b),
+    "multiply": lambda a, b: _binary("mul", a, b),
+    "true_divide": lambda a, b: _binary("div", a, b), "divide": lambda a, b: _binary("div", a, b),
+    "greater": lambda a, b: _binary("gt", a, b), "greater_equal": lambda a, b: _binary("ge", a, b),
+    "less": lambda a, b: _binary("lt", a, b), "less_equal": lambda a, b: _binary("le", a, b),
+    "matmul": lambda a, b: matmul(a, b), "power": _rpow,
+}
 
 
 def _where(t: "Tensor") -> str:

@@ -94,3 +94,55 @@ def test_arrays_that_cannot_be_captured_are_clear_errors():
 
     with pytest.raises(ShapeError, match="register_buffer"):
         gc.compile(Scaled(), (4, 3))(np.ones((4, 3), np.float32))
+
+
+def test_operators_between_an_array_and_a_tensor_are_traced():
+    """arr + t, arr @ t, arr < t, arr ** t with the array on the left: NumPy hands them to
+    the Tensor, which traces them as the reflected operators (values and gradients)."""
+    c, w = RNG.uniform(0.5, 2.0, (3, 4)), RNG.standard_normal((2, 3))
+    x = RNG.standard_normal((3, 4))
+
+    def f(a):
+        return ((c + a) * (c - a) / (c + 3.0) + (w @ a).sum(0) + (c < a) + c ** a
+                + np.float64(2.0) * a)
+    want = (c + x) * (c - x) / (c + 3.0) + (w @ x).sum(0) + (c < x) + c ** x + 2.0 * x
+    np.testing.assert_allclose(gc.jit(f)(x), want, rtol=1e-12)
+    g = gc.grad(lambda a: gc.sum(f(a)))(x)
+    eps, num = 1e-6, np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[i] = eps
+        num[i] = (np.sum(f(x + d)) - np.sum(f(x - d))) / (2 * eps)
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-6)
+
+
+def test_numpy_functions_on_tensors_are_one_line_errors():
+    x = np.ones((3, 4))
+    cases = [(lambda a: np.exp(a), "np.exp cannot take a traced Tensor: use gc.exp(...) or "
+                                   "x.exp(...)"),
+             (lambda a: np.sum(a, axis=0), "np.sum cannot take a traced Tensor: use gc.sum(...)"),
+             (lambda a: np.concatenate([a, a]), "use gc.concatenate(...)"),
+             (lambda a: np.linalg.norm(a), "np.norm cannot take a traced Tensor"),
+             (lambda a: x.copy().__iadd__(a), "np.add(..., out=): a NumPy array cannot hold"),
+             (lambda a: (-x) ** a, "base ** tensor with an array (3, 4) of dtype float64"),
+             (lambda a: 0 ** a, "0 ** tensor: the base must be a positive constant")]
+    for fn, needle in cases:
+        with pytest.raises(gc.OpError) as info:
+            gc.jit(fn)(x)
+        assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_len_and_iteration_follow_dim_0():
+    x = RNG.standard_normal((3, 4))
+    first, second, third = gc.jit(lambda a: tuple(r * len(a) for r in a))(x)
+    np.testing.assert_allclose(np.stack([first, second, third]), x * 3)
+    np.testing.assert_allclose(gc.grad(lambda a: gc.sum(sum(r * r for r in a)))(x), 2 * x)
+
+    class Rows(nn.Module):
+        def forward(self, a):
+            return a * len(a)
+    with pytest.raises(ShapeError, match=r"len\(\) of \(N, 4\): the batch dimension has no "
+                                         r"size while tracing"):
+        gc.compile(Rows(), input_shape=(None, 4))(x)
+    with pytest.raises(ShapeError, match="len.. of a 0-d tensor"):
+        gc.jit(lambda a: len(a.sum()))(x)
