@@ -180,43 +180,10 @@ def _dims(a, b, c, ta, tb):
     return m, k, n
 
 
-# A product with at most this many output rows and no transposed B (a 10-class layer's
-# weight gradient dZ^T @ H) runs as vectorised row updates c[i, :] += s * b[p, :] with b
-# read once: 0.157 ms against OpenBLAS's 0.231 ms at (10 x 1024) @ (1024 x 256) here. A
-# short inner size alone (dZ @ W3) stays with BLAS, which keeps c in registers (0.10 ms
-# against 0.18 ms for the row updates). Short rows stay with BLAS too: the conv weight
-# gradients, (6 x 36864) @ (36864 x 25) and (16 x 4096) @ (4096 x 150), took 1.85 and
-# 1.0 ms as row updates, 0.9 and 0.4 ms in BLAS.
-SKINNY = 16
-SKINNY_MIN_ROW = 256
-
-
-def _skinny_loops(cast):
-    @njit(inline="always")
-    def rows(a, b, c, ta, alpha, beta, m, k, n):
-        """c = alpha * op(a) @ b + beta * c for few rows m: c stays in cache."""
-        al, be = cast(alpha), cast(beta)
-        for i in range(m):
-            crow = c[i]
-            if be == 0:          # explicit loops: nothing allocated
-                for j in range(n):
-                    crow[j] = 0
-            elif be != 1:
-                for j in range(n):
-                    crow[j] *= be
-        for p in range(k):
-            brow = b[p]
-            for i in range(m):
-                s = al * (a[p, i] if ta else a[i, p])
-                crow = c[i]
-                for j in range(n):
-                    crow[j] += s * brow[j]
-    return rows
-
-
-_ROWS = {types.float32: _skinny_loops(np.float32), types.float64: _skinny_loops(np.float64)}
-
-
+# Every contiguous product goes to BLAS. A few-rows path (c[i, :] += s * b[p, :] loops for
+# a 10-class layer's weight gradient) was faster than SciPy's OpenBLAS once, and is now
+# 2-3x slower than NumPy's here: 0.14-0.17 against 0.07 ms at (10 x 1024) @ (1024 x 256),
+# 0.014-0.021 against 0.007 ms at k = 128; SciPy's BLAS also beat it (0.10 ms).
 @overload(_gemm_any)
 def _ol_gemm(a, b, c, ta, tb, alpha, beta):
     arrays = (a, b, c)
@@ -226,15 +193,11 @@ def _ol_gemm(a, b, c, ta, tb, alpha, beta):
                                                                  types.float64):
         raise TypingError("gemm: a, b and c must all be float32 or all float64")
     if all(x.layout == "C" for x in arrays):
-        rows = _ROWS[c.dtype]
         cblas = _CBLAS.get(c.dtype)
 
         def impl(a, b, c, ta, tb, alpha, beta):
             m, k, n = _dims(a, b, c, ta, tb)
             if m == 0 or n == 0:
-                return
-            if not tb and m <= SKINNY and n >= SKINNY_MIN_ROW:
-                rows(a, b, c, ta, alpha, beta, m, k, n)
                 return
             if k == 0:        # BLAS wants lda >= 1; the product is zero
                 for i in range(m):   # loops, not c[:] = 0 / c *= beta: those compile
