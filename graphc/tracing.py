@@ -567,6 +567,15 @@ def _batched_matmul(ta: Tensor, tb: Tensor) -> Tensor:
     return ops[0]._new("batch_matmul", ops, {"ta": flags[0], "tb": flags[1]})
 
 
+def _tensor_list(op, tensors) -> list:
+    """``tensors`` (a list or tuple) as Tensors; a lone tensor would iterate along dim 0
+    and be joined as its rows, silently, so it is an error (as in PyTorch)."""
+    if isinstance(tensors, (TensorOps, np.ndarray)):
+        raise ShapeError(f"{op} takes a list or tuple of tensors, got a single "
+                         f"{type(tensors).__name__}: write {op}([a, b], dim)")
+    return [as_tensor(t) for t in tensors]
+
+
 def cat(tensors, dim=0) -> Tensor:
     """``torch.cat``: tensors of equal shape outside ``dim`` joined along it (a copy);
     ``dim`` cannot be a compiled model's batch axis.
@@ -576,7 +585,7 @@ def cat(tensors, dim=0) -> Tensor:
     array([[1., 0., 0.],
            [1., 0., 0.]])
     """
-    ts = [as_tensor(t) for t in tensors]
+    ts = _tensor_list("cat", tensors)
     if not ts:
         raise ShapeError("cat needs at least one tensor")
     rank = ts[0].ndim
@@ -601,7 +610,7 @@ def stack(tensors, dim=0) -> Tensor:
     >>> gc.jit(lambda a, b: gc.stack([a, b], dim=1))(np.ones(2), np.zeros(2)).shape
     (2, 2)
     """
-    ts = [as_tensor(t) for t in tensors]
+    ts = _tensor_list("stack", tensors)
     if not ts:
         raise ShapeError("stack needs at least one tensor")
     rank = ts[0].ndim + 1

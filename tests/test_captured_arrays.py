@@ -146,3 +146,8 @@ def test_len_and_iteration_follow_dim_0():
         gc.compile(Rows(), input_shape=(None, 4))(x)
     with pytest.raises(ShapeError, match="len.. of a 0-d tensor"):
         gc.jit(lambda a: len(a.sum()))(x)
+    # iterable now, a lone tensor must still not pass for a list of tensors
+    for join in (gc.cat, gc.stack):
+        with pytest.raises(ShapeError, match="takes a list or tuple of tensors, got a single "
+                                             "Tensor"):
+            gc.jit(lambda a: join(a, 0))(x)
