@@ -55,7 +55,28 @@ def amax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
     return reduce("reduce_max", x, dim, keepdim, axis, keepdims)
 
 
-max = amax  # noqa: A001
+def _max_or_min(name, reduction, pairwise, x, dim, keepdim, axis, keepdims):
+    if isinstance(dim, (Tensor, np.ndarray)) or hasattr(dim, "_t"):
+        return pairwise(x, dim)             # torch.max(a, b): elementwise
+    if dim is not None:
+        # PyTorch's x.max(dim) is a (values, indices) pair: taking it as the values would
+        # make x.max(1)[0] the first row, silently
+        raise OpError(f"{name}(dim={dim!r}): PyTorch gives (values, indices) here, which "
+                      f"graphc does not build; for the values use a{name}(dim) "
+                      f"(or {name}(axis=...), NumPy's spelling)")
+    return reduction(x, None, keepdim, axis=axis, keepdims=keepdims)
+
+
+def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """The largest element (``torch.max(x)``), NumPy's ``max(x, axis=...)``, or
+    ``torch.max(a, b)`` (elementwise, :func:`maximum`). ``max(x, dim)`` is an error:
+    PyTorch returns (values, indices) there; :func:`amax` gives the values.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda x: x.max(axis=0))(np.array([[1.0, 4.0], [3.0, 2.0]]))
+    array([3., 4.])
+    """
+    return _max_or_min("max", amax, maximum, x, dim, keepdim, axis, keepdims)
 
 
 def amin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
@@ -69,7 +90,10 @@ def amin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
     return -amax(-as_tensor(x), dim, keepdim, axis=axis, keepdims=keepdims)
 
 
-min = amin  # noqa: A001
+def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
+    """The smallest element, NumPy's ``min(x, axis=...)`` or ``torch.min(a, b)``; as
+    :func:`max`, ``min(x, dim)`` is an error (use :func:`amin`)."""
+    return _max_or_min("min", amin, minimum, x, dim, keepdim, axis, keepdims)
 
 
 def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None,

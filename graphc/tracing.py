@@ -217,10 +217,16 @@ class TensorOps:
         return reduce("reduce_mean", self, dim, keepdim, axis, keepdims)
     def amax(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
         return reduce("reduce_max", self, dim, keepdim, axis, keepdims)
-    max = amax
     def amin(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
         return _functional().amin(self, dim, keepdim, axis=axis, keepdims=keepdims)
-    min = amin
+
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """The maximum of all elements, or NumPy's ``max(axis=...)``; see :func:`max`."""
+        return _functional().max(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def min(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """The minimum of all elements, or NumPy's ``min(axis=...)``; see :func:`min`."""
+        return _functional().min(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
     def transpose(self, *perm):
         t = self._t()

@@ -34,8 +34,11 @@ def _softplus(x):
 # name -> (graphc function, NumPy reference, PyTorch function of a torch tensor)
 CASES = {
     "amin dim": (lambda x: gc.amin(x, dim=1), lambda x: x.min(1), lambda t: t.amin(1)),
-    "min method dims": (lambda x: x.min((0, 2)), lambda x: x.min((0, 2)),
+    "min method axis": (lambda x: x.min(axis=(0, 2)), lambda x: x.min((0, 2)),
                         lambda t: t.amin((0, 2))),
+    "max of all, max(a, b)": (lambda x: x.max() + gc.max(x, x * 0.5),
+                              lambda x: x.max() + np.maximum(x, x * 0.5),
+                              lambda t: t.max() + torch_max(t, t * 0.5)),
     "var": (lambda x: gc.var(x, 1), lambda x: x.var(1, ddof=1), lambda t: t.var(1)),
     "var method keepdim": (lambda x: x.var((0, 2), keepdim=True, correction=0),
                            lambda x: x.var((0, 2), keepdims=True),
@@ -77,6 +80,11 @@ CASES = {
                         lambda t: t.softmax(1) + t.log_softmax(dim=0)),
 }
 NAMES = sorted(CASES)
+
+
+def torch_max(a, b):
+    import torch
+    return torch.max(a, b)
 
 
 def _tf():
@@ -238,6 +246,10 @@ def test_bad_arguments_give_one_line_errors():
         (lambda a: gc.logsumexp(a, 2), gc.ShapeError, "dim 2 is out of range for shape (2, 3)"),
         (lambda a: gc.sum(a, dim="rows"), gc.ShapeError, "dim must be an int"),
         (lambda a: a.std(dim=1.5), gc.ShapeError, "dim must be an int"),
+        # PyTorch's max(dim) is (values, indices): never taken as the values
+        (lambda a: a.max(1)[0], gc.OpError, "max(dim=1): PyTorch gives (values, indices)"),
+        (lambda a: gc.max(a, dim=0), gc.OpError, "use amax(dim)"),
+        (lambda a: a.min(0, keepdim=True), gc.OpError, "use amin(dim)"),
     ]
     for fn, error, needle in cases:
         with pytest.raises(error) as info:
