@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import OpError, ShapeError
+from graphc.ir import BATCH, OpError, ShapeError
 from graphc.ir.types import format_shape
 
 from .tracing import (Tensor, _binary, _to_float, as_tensor, cat, matmul, reduce,  # noqa: F401
@@ -55,25 +55,101 @@ def amax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
     return reduce("reduce_max", x, dim, keepdim, axis, keepdims)
 
 
+class ValuesIndices(tuple):
+    """``(values, indices)`` of ``max(x, dim)``/``min(x, dim)``, as PyTorch's
+    ``torch.return_types.max``: unpack it or take ``.values`` / ``.indices``."""
+
+    __slots__ = ()
+
+    def __new__(cls, values, indices):
+        return super().__new__(cls, (values, indices))
+
+    values = property(lambda self: self[0])
+    indices = property(lambda self: self[1])
+
+
+def _extreme_index(name, t, axis):
+    """(float index, values), both kept along ``axis``: the first position of the
+    maximum (``name`` "max") or minimum along ``axis``, a nan counting as both, as in
+    PyTorch; values are read at that index, so their gradient goes to it alone."""
+    n = t.shape[axis]
+    if n == BATCH:
+        raise ShapeError(f"{name}: dim {axis} of {format_shape(t.shape)} is the batch axis, "
+                         f"whose size is not known while tracing")
+    if n == 0:
+        raise ShapeError(f"{name}: dim {axis} of {format_shape(t.shape)} is empty")
+    position = t._new("iota", [], {"size": n, "dtype": t.dtype}).reshape(
+        tuple(n if i == axis else 1 for i in range(t.ndim)))
+
+    def first(hit):                       # n where nothing hits
+        return amin(where(hit > 0.5, position, float(n)), axis, True)
+    extreme = (amax if name in ("max", "argmax") else amin)(t, axis, True)
+    first_nan = first(1.0 - _binary("eq", t, t))
+    index = where(first_nan < float(n), first_nan, first(_binary("eq", t, extreme)))
+    values = sum(where(_binary("eq", position, index), t, 0.0), axis, True)
+    return index, values
+
+
+def _drop(t, axis, keepdim):
+    return t if keepdim else t.reshape(tuple(d for i, d in enumerate(t.shape) if i != axis))
+
+
+def argmax(x, dim=None, keepdim=False):
+    """``torch.argmax``: int64 index of the first maximum along ``dim`` (of the flattened
+    tensor when ``dim`` is None); a nan is the maximum, as in PyTorch. No gradient.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda x: gc.argmax(x, dim=1))(np.array([[1.0, 4.0, 4.0], [3.0, 2.0, 0.0]]))
+    array([1, 0])
+    """
+    return _arg("argmax", x, dim, keepdim)
+
+
+def argmin(x, dim=None, keepdim=False):
+    """``torch.argmin``: int64 index of the first minimum along ``dim`` (as :func:`argmax`)."""
+    return _arg("argmin", x, dim, keepdim)
+
+
+def _arg(name, x, dim, keepdim):
+    t = _to_float(as_tensor(x))
+    if dim is None:
+        t, dim, keepdim = t.reshape(-1), 0, False
+    (axis,) = _one_axis(name, t, dim)
+    index, _ = _extreme_index(name, t, axis)
+    return _drop(index, axis, keepdim).astype("int64")
+
+
+def _one_axis(name, t, dim):
+    if isinstance(dim, (tuple, list)):
+        raise ShapeError(f"{name}: dim must be one int, got {dim!r}")
+    return reduce_axes(name, t, dim)
+
+
 def _max_or_min(name, reduction, pairwise, x, dim, keepdim, axis, keepdims):
     if isinstance(dim, (Tensor, np.ndarray)) or hasattr(dim, "_t"):
         return pairwise(x, dim)             # torch.max(a, b): elementwise
-    if dim is not None:
-        # PyTorch's x.max(dim) is a (values, indices) pair: taking it as the values would
-        # make x.max(1)[0] the first row, silently
-        raise OpError(f"{name}(dim={dim!r}): PyTorch gives (values, indices) here, which "
-                      f"graphc does not build; for the values use a{name}(dim) "
-                      f"(or {name}(axis=...), NumPy's spelling)")
-    return reduction(x, None, keepdim, axis=axis, keepdims=keepdims)
+    if dim is None:
+        return reduction(x, None, keepdim, axis=axis, keepdims=keepdims)
+    if axis is not None:
+        raise ShapeError(f"{name}: give dim or its alias axis, not both (dim={dim}, axis={axis})")
+    t = _to_float(as_tensor(x))
+    (ax,) = _one_axis(name, t, dim)
+    index, values = _extreme_index(name, t, ax)
+    keep = keepdim if keepdims is None else keepdims
+    return ValuesIndices(_drop(values, ax, keep), _drop(index, ax, keep).astype("int64"))
 
 
 def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
-    """The largest element (``torch.max(x)``), NumPy's ``max(x, axis=...)``, or
-    ``torch.max(a, b)`` (elementwise, :func:`maximum`). ``max(x, dim)`` is an error:
-    PyTorch returns (values, indices) there; :func:`amax` gives the values.
+    """As ``torch.max``: the largest element; with ``dim``, ``(values, indices)`` of the
+    first maximum along it (the gradient goes to that element alone; :func:`amax` shares
+    it among ties); with a tensor, :func:`maximum`. NumPy's ``max(x, axis=...)`` gives the
+    values only.
 
     >>> import numpy as np, graphc as gc
-    >>> gc.jit(lambda x: x.max(axis=0))(np.array([[1.0, 4.0], [3.0, 2.0]]))
+    >>> x = np.array([[1.0, 4.0], [3.0, 2.0]])
+    >>> gc.jit(lambda a: a.max(1).values * 10 + a.max(1).indices)(x)
+    array([41., 30.])
+    >>> gc.jit(lambda a: a.max(axis=0))(x)
     array([3., 4.])
     """
     return _max_or_min("max", amax, maximum, x, dim, keepdim, axis, keepdims)
@@ -91,8 +167,8 @@ def amin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
 
 
 def min(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
-    """The smallest element, NumPy's ``min(x, axis=...)`` or ``torch.min(a, b)``; as
-    :func:`max`, ``min(x, dim)`` is an error (use :func:`amin`)."""
+    """As ``torch.min``: the smallest element, ``(values, indices)`` along ``dim``, or
+    :func:`minimum` with a tensor (see :func:`max`)."""
     return _max_or_min("min", amin, minimum, x, dim, keepdim, axis, keepdims)
 
 

@@ -220,12 +220,18 @@ class TensorOps:
     def amin(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
         return _functional().amin(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
+    def argmax(self, dim=None, keepdim=False):
+        return _functional().argmax(self, dim, keepdim)
+
+    def argmin(self, dim=None, keepdim=False):
+        return _functional().argmin(self, dim, keepdim)
+
     def max(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
-        """The maximum of all elements, or NumPy's ``max(axis=...)``; see :func:`max`."""
+        """See ``graphc.functional.max``: PyTorch's ``max``, and NumPy's with ``axis``."""
         return _functional().max(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
     def min(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
-        """The minimum of all elements, or NumPy's ``min(axis=...)``; see :func:`min`."""
+        """See ``graphc.functional.min``: PyTorch's ``min``, and NumPy's with ``axis``."""
         return _functional().min(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
     def transpose(self, *perm):
@@ -413,6 +419,9 @@ def as_tensor(value, like: Tensor | None = None) -> Tensor:
         raise ShapeError(f"a NumPy array of shape {format_shape(value.shape)} was used where "
                          f"arrays are not captured (in a model's forward: hold it as a buffer "
                          f"with self.register_buffer, or pass it as an input)")
+    if isinstance(value, tuple) and hasattr(value, "indices"):
+        raise ShapeError("x.max(dim) and x.min(dim) give (values, indices), as in PyTorch: "
+                         "take .values, or use x.amax(dim)")
     raise ShapeError(f"cannot use a {type(value).__name__} in a graphc expression")
 
 

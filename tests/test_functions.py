@@ -36,6 +36,10 @@ CASES = {
     "amin dim": (lambda x: gc.amin(x, dim=1), lambda x: x.min(1), lambda t: t.amin(1)),
     "min method axis": (lambda x: x.min(axis=(0, 2)), lambda x: x.min((0, 2)),
                         lambda t: t.amin((0, 2))),
+    "max(dim).values, min(dim)[0]": (
+        lambda x: x.max(1).values[:, None, :] + gc.min(x, 2, True)[0],
+        lambda x: x.max(1)[:, None, :] + x.min(2, keepdims=True),
+        lambda t: t.max(1).values[:, None, :] + torch_min(t, 2, True)[0]),
     "max of all, max(a, b)": (lambda x: x.max() + gc.max(x, x * 0.5),
                               lambda x: x.max() + np.maximum(x, x * 0.5),
                               lambda t: t.max() + torch_max(t, t * 0.5)),
@@ -82,9 +86,14 @@ CASES = {
 NAMES = sorted(CASES)
 
 
-def torch_max(a, b):
+def torch_max(*args):
     import torch
-    return torch.max(a, b)
+    return torch.max(*args)
+
+
+def torch_min(*args):
+    import torch
+    return torch.min(*args)
 
 
 def _tf():
@@ -205,6 +214,36 @@ def test_clamp_with_tensor_bounds():
     np.testing.assert_array_equal(ghi, above.sum(1, keepdims=True))
 
 
+def test_argmax_argmin_and_max_min_along_a_dim_follow_numpy():
+    """First index of the extreme along dim (nan counts as it), as NumPy's argmax and
+    PyTorch's; max/min along dim give (values, indices) read at that index, and the
+    gradient of the values goes to that element alone."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, size=(4, 5, 3)).astype(np.float64)     # ties everywhere
+    x[1, 2, 0], x[2, 1, 1], x[0, 3, 1] = np.nan, np.inf, -np.inf
+    x[3, :, 2] = np.nan
+    for dim, keep in ((0, False), (1, True), (-1, False)):
+        outs = gc.jit(lambda a: (*a.max(dim, keep), *gc.min(a, dim, keepdim=keep),
+                                 gc.argmax(a, dim, keep), a.argmin(dim, keepdim=keep)))(x)
+        with np.errstate(invalid="ignore"):
+            want = (np.max(x, dim, keepdims=keep), np.argmax(x, dim, keepdims=keep),
+                    np.min(x, dim, keepdims=keep), np.argmin(x, dim, keepdims=keep),
+                    np.argmax(x, dim, keepdims=keep), np.argmin(x, dim, keepdims=keep))
+        for got, expected in zip(outs, want):
+            np.testing.assert_array_equal(got, expected, err_msg=f"dim={dim}")
+        assert outs[1].dtype == np.int64 and outs[4].dtype == np.int64
+    assert gc.jit(lambda a: gc.argmax(a))(x) == np.argmax(x)
+    g = gc.grad(lambda a: gc.sum(a.max(1).values))(np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]]))
+    np.testing.assert_array_equal(g, [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    with pytest.raises(gc.ShapeError, match=r"argmax: dim 0 of \(N, 3\) is the batch axis"):
+        gc.compile(_ArgmaxOverBatch(), input_shape=(None, 3))
+
+
+class _ArgmaxOverBatch(gc.nn.Module):
+    def forward(self, x):
+        return x.argmax(0).astype("float32")
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_logsumexp_of_extreme_rows(dtype):
     inf = np.inf
@@ -246,10 +285,9 @@ def test_bad_arguments_give_one_line_errors():
         (lambda a: gc.logsumexp(a, 2), gc.ShapeError, "dim 2 is out of range for shape (2, 3)"),
         (lambda a: gc.sum(a, dim="rows"), gc.ShapeError, "dim must be an int"),
         (lambda a: a.std(dim=1.5), gc.ShapeError, "dim must be an int"),
-        # PyTorch's max(dim) is (values, indices): never taken as the values
-        (lambda a: a.max(1)[0], gc.OpError, "max(dim=1): PyTorch gives (values, indices)"),
-        (lambda a: gc.max(a, dim=0), gc.OpError, "use amax(dim)"),
-        (lambda a: a.min(0, keepdim=True), gc.OpError, "use amin(dim)"),
+        (lambda a: a - a.max(1), gc.ShapeError, "give (values, indices), as in PyTorch: "
+                                                 "take .values"),
+        (lambda a: a.argmax((0, 1)), gc.ShapeError, "argmax: dim must be one int"),
     ]
     for fn, error, needle in cases:
         with pytest.raises(error) as info:

@@ -1,4 +1,4 @@
-"""Graph leaves and small utility ops: input, constant, shape_size, one_hot, cast."""
+"""Graph leaves and small utility ops: input, constant, shape_size, iota, one_hot, cast."""
 from __future__ import annotations
 
 import numpy as np
@@ -62,6 +62,31 @@ register(OpDef(
     differentiable=False,
     samples=(Sample(shapes=((3, 4),), attrs={"axes": (0, 1), "dtype": "float64"}),),
     doc="The run-time product of the operand's sizes along ``axes`` (e.g. the batch size)."))
+
+
+def _iota_infer(types, attrs):
+    n = attrs["size"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ShapeError(f"iota needs a static size >= 0, got {n!r}")
+    return TensorType((n,), attrs["dtype"])
+
+
+def _iota_kernel(ctx):
+    ctx.emit(f"for i in range({ctx.out}.shape[0]):")
+    ctx.emit(f"    {ctx.out}[i] = i")
+
+
+def _iota_cuda(ctx):
+    _cuda.grid_stride(ctx, f"{ctx.out}.shape[0]")
+    ctx.emit(f"    {ctx.out}[idx] = idx")
+
+
+register(OpDef(
+    name="iota", infer=_iota_infer, impl=lambda xs, a, shape: np.arange(shape[0], dtype=a["dtype"]),
+    kind=FusionKind.OPAQUE, kernel=_iota_kernel, cuda_kernel=_iota_cuda, arity=0,
+    attrs={"size": REQUIRED, "dtype": "float32"}, differentiable=False,
+    samples=(Sample(shapes=(), attrs={"size": 5, "dtype": "float64"}),),
+    doc="0, 1, ..., size - 1: the positions along an axis (argmax's candidates)."))
 
 
 def _one_hot_infer(types, attrs):
