@@ -12,10 +12,10 @@ from graphc.ir import (CompileError, DTypeError, GraphcError, GraphError, InputE
 from . import datasets, functional, nn, optim, plots, schedules, training
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compiled import CompiledModel, compile
-from .functional import (abs, amax, amin, argmax, argmin, clamp, clip, cos, erf, exp, log, log_softmax,
-                         logsumexp, max, maximum, mean, min, minimum, neg, relu, reshape,
-                         sigmoid, sin, softmax, softplus, sqrt, square, std, sum, tanh,
-                         transpose, var, where, cat, concat, stack)
+from .functional import (abs, amax, amin, argmax, argmin, clamp, clip, cos, erf, exp, log,
+                         log_softmax, logsumexp, max, maximum, mean, min, minimum, neg, relu,
+                         reshape, sigmoid, sin, softmax, softplus, sqrt, square, std, sum,
+                         tanh, transpose, var, where, cat, concat, stack)
 from .jit import grad, jit, value_and_grad
 from .nn.module import manual_seed
 from .tracing import Tensor
@@ -28,7 +28,8 @@ __all__ = [
     "functional", "datasets", "manual_seed", "schedules", "plots", "training", "fit", "evaluate", "History",
     "save_checkpoint", "load_checkpoint",
     "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu", "softplus", "sqrt", "abs",
-    "square", "maximum", "minimum", "sum", "mean", "max", "amax", "min", "amin", "argmax", "argmin", "var",
+    "square", "maximum", "minimum", "sum", "mean", "max", "amax", "min", "amin", "argmax",
+    "argmin", "var",
     "std", "logsumexp", "clamp", "clip", "erf", "neg", "softmax", "log_softmax",
     "reshape", "transpose", "where", "cat", "concat", "stack",
     "GraphcError", "ShapeError", "DTypeError", "OpError", "GraphError", "SpecError",

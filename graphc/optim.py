@@ -28,8 +28,9 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         # checked here, so CompiledModel.set_lr and schedules get the same one-line error
-        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-        if not (ok and 0 <= value < float("inf")):
+        number = (isinstance(value, (int, float, np.integer, np.floating))
+                  and not isinstance(value, bool))
+        if not (number and 0 <= value < float("inf")):
             raise OpError(f"{type(self).__name__}: invalid learning rate {value!r} (a finite "
                           f"number >= 0)")
         self._lr = float(value)

@@ -131,8 +131,8 @@ def test_every_activation_layer_type_builds_its_module():
     built = spec.build()
     assert [type(m).__name__ for m in built] == [ACTIVATIONS[k] for k in kinds] + ["Hardtanh"]
     assert (built[-1].min_val, built[-1].max_val) == (-2.0, 0.5)
-    with pytest.raises(SpecError,
-                       match=r"layers\[0\]: \(hardtanh\) min_val = 2 is greater than max_val = 1.0"):
+    with pytest.raises(SpecError, match=r"layers\[0\]: \(hardtanh\) min_val = 2 is "
+                                        r"greater than max_val = 1.0"):
         parse_spec(_layers({"type": "hardtanh", "min_val": 2})).build()
 
 
