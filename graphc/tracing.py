@@ -342,10 +342,15 @@ class Tensor(TensorOps):
         if "out" in kwargs:
             raise OpError(f"np.{ufunc.__name__}(..., out=): a NumPy array cannot hold a traced "
                           f"Tensor (write arr = arr + t, not arr += t)")
-        op = _OPERATOR_UFUNCS.get(ufunc.__name__) if method == "__call__" and not kwargs else None
-        if op is None:
-            raise OpError(_numpy_hint(ufunc.__name__))
-        return op(*inputs)
+        name = ufunc.__name__
+        if method != "__call__" or kwargs or name not in _OPERATOR_UFUNCS:
+            raise OpError(_numpy_hint(name))
+        if name == "matmul":
+            return matmul(*inputs)
+        if name == "power":
+            base, exponent = inputs
+            return base ** exponent if isinstance(base, Tensor) else exponent.__rpow__(base)
+        return _binary(_OPERATOR_UFUNCS[name], *inputs)
 
     def __array_function__(self, func, types, args, kwargs):
         raise OpError(_numpy_hint(func.__name__))
@@ -371,18 +376,10 @@ def _numpy_hint(name: str) -> str:
             f"{' or '.join(use) or 'the graphc function or Tensor method'}")
 
 
-def _rpow(base, exponent):
-    return exponent.__rpow__(base) if isinstance(base, np.ndarray) else base ** exponent
-
-
-_OPERATOR_UFUNCS = {
-    "add": lambda a, b: _binary("add", a, b), "subtract": lambda a, b: _binary("sub", a, b),
-    "multiply": lambda a, b: _binary("mul", a, b),
-    "true_divide": lambda a, b: _binary("div", a, b), "divide": lambda a, b: _binary("div", a, b),
-    "greater": lambda a, b: _binary("gt", a, b), "greater_equal": lambda a, b: _binary("ge", a, b),
-    "less": lambda a, b: _binary("lt", a, b), "less_equal": lambda a, b: _binary("le", a, b),
-    "matmul": lambda a, b: matmul(a, b), "power": _rpow,
-}
+# NumPy ufunc -> graph op, for ndarray (op) Tensor
+_OPERATOR_UFUNCS = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div",
+                    "divide": "div", "greater": "gt", "greater_equal": "ge", "less": "lt",
+                    "less_equal": "le", "matmul": None, "power": None}
 
 
 def _where(t: "Tensor") -> str:

@@ -104,8 +104,9 @@ def test_operators_between_an_array_and_a_tensor_are_traced():
 
     def f(a):
         return ((c + a) * (c - a) / (c + 3.0) + (w @ a).sum(0) + (c < a) + c ** a
-                + np.float64(2.0) * a)
-    want = (c + x) * (c - x) / (c + 3.0) + (w @ x).sum(0) + (c < x) + c ** x + 2.0 * x
+                + np.float64(2.0) * a + np.float64(2.0) ** a)
+    want = ((c + x) * (c - x) / (c + 3.0) + (w @ x).sum(0) + (c < x) + c ** x + 2.0 * x
+            + 2.0 ** x)
     np.testing.assert_allclose(gc.jit(f)(x), want, rtol=1e-12)
     g = gc.grad(lambda a: gc.sum(f(a)))(x)
     eps, num = 1e-6, np.zeros_like(x)
