@@ -143,16 +143,12 @@ class CudaExecutable(Executable):
     def buffers_for(self, batch):
         bufs = self._buffers.get(batch)
         if bufs is None:
-            g, s = self.graph, self.schedule
-
             def dev(shape, dtype):
                 return self.cuda.device_array(_device_shape(shape), dtype=dtype)
             staged = [dev(t.concrete(batch), t.dtype) if tr else None
                       for t, tr in zip(self.input_types, self.transfer)]
             # values whose lifetimes are apart share one device array, as on the CPU
-            scratch = planned_arrays(g, s, batch, dev)
-            scratch += [dev(t.concrete(batch), t.dtype)
-                        for t in (g.type_of(g.outputs[i]) for i in sorted(s.out_copies))]
+            scratch = planned_arrays(self.graph, self.schedule, batch, dev)
             bufs = (staged, scratch)
             self._buffers[batch] = bufs
             while len(self._buffers) > 8:

@@ -54,8 +54,9 @@ def first_outside(labels, classes):
 def planned_arrays(graph, schedule, batch, make) -> list:
     """One array per entry of ``schedule.buffers`` at ``batch``, made by
     ``make(shape, dtype)`` once per representative of the liveness plan
-    (``schedule.shares``): values whose lifetimes are apart get the same array. Used by
-    the CPU and CUDA runtimes alike.
+    (``schedule.shares``): values whose lifetimes are apart get the same array. Then one
+    per output copied at the end (``schedule.out_copies``, in output order). Used by the
+    CPU and CUDA runtimes alike.
 
     >>> from graphc.ir import Graph, TensorType
     >>> g = Graph("f"); x = g.add_input(TensorType(("N", 4), "float32"), "x")
@@ -74,6 +75,9 @@ def planned_arrays(graph, schedule, batch, make) -> list:
             t = graph.type_of(v)
             made[rep] = make(t.concrete(batch), t.dtype)
         arrays.append(made[rep])
+    for i in sorted(schedule.out_copies):
+        t = graph.type_of(graph.outputs[i])
+        arrays.append(make(t.concrete(batch), t.dtype))
     return arrays
 
 
@@ -180,12 +184,8 @@ class Executable:
     def buffers_for(self, batch):
         bufs = self._buffers.get(batch)
         if bufs is None:
-            g = self.graph
-            bufs = planned_arrays(g, self.schedule, batch,
+            bufs = planned_arrays(self.graph, self.schedule, batch,
                                   lambda shape, dtype: np.empty(shape, dtype=dtype))
-            bufs += [np.empty(g.type_of(g.outputs[i]).concrete(batch),
-                              dtype=g.type_of(g.outputs[i]).dtype)
-                     for i in sorted(self.schedule.out_copies)]
             # kernel scratch (im2col columns, ...): one flat arena per dtype, after the
             # buffers, so collect()'s buffer indices are unchanged
             sizes = arena_sizes(self.schedule, batch)
