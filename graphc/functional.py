@@ -90,8 +90,9 @@ def _extreme_index(name, t, axis):
     return index, values
 
 
-def _drop(t, axis, keepdim):
-    return t if keepdim else t.reshape(tuple(d for i, d in enumerate(t.shape) if i != axis))
+def _drop(t, axes, keepdim):
+    """``t``, reduced with its ``axes`` kept as size 1, without them unless ``keepdim``."""
+    return t if keepdim else t.reshape(tuple(d for i, d in enumerate(t.shape) if i not in axes))
 
 
 def argmax(x, dim=None, keepdim=False):
@@ -116,7 +117,7 @@ def _arg(name, x, dim, keepdim):
         t, dim, keepdim = t.reshape(-1), 0, False
     (axis,) = _one_axis(name, t, dim)
     index, _ = _extreme_index(name, t, axis)
-    return _drop(index, axis, keepdim).astype("int64")
+    return _drop(index, (axis,), keepdim).astype("int64")
 
 
 def _one_axis(name, t, dim):
@@ -136,7 +137,7 @@ def _max_or_min(name, reduction, pairwise, x, dim, keepdim, axis, keepdims):
     (ax,) = _one_axis(name, t, dim)
     index, values = _extreme_index(name, t, ax)
     keep = keepdim if keepdims is None else keepdims
-    return ValuesIndices(_drop(values, ax, keep), _drop(index, ax, keep).astype("int64"))
+    return ValuesIndices(_drop(values, (ax,), keep), _drop(index, (ax,), keep).astype("int64"))
 
 
 def max(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001
@@ -190,9 +191,8 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None
         raise OpError(f"var: correction must be a number >= 0, got {correction!r}")
     t = _to_float(as_tensor(x))
     axes = reduce_axes("var", t, dim, axis)
-    keep = keepdim if keepdims is None else keepdims
     xc = t - reduce("reduce_mean", t, axes, True)
-    sq_mean = reduce("reduce_mean", xc * xc, axes, keep)
+    sq_mean = reduce("reduce_mean", xc * xc, axes, keepdim, keepdims=keepdims)
     if c == 0:
         return sq_mean
     count = t._new("shape_size", [t], {"axes": axes, "dtype": t.dtype})
@@ -224,10 +224,7 @@ def logsumexp(x, dim, keepdim=False):
     axes = reduce_axes("logsumexp", t, dim)
     m = amax(t, axes, True)
     m = where(abs(m) < float("inf"), m, 0.0)
-    out = log(sum(exp(t - m), axes, True)) + m
-    if keepdim:
-        return out
-    return out.reshape(tuple(d for i, d in enumerate(t.shape) if i not in axes))
+    return _drop(log(sum(exp(t - m), axes, True)) + m, axes, keepdim)
 
 
 def clamp(x, min=None, max=None):  # noqa: A002
