@@ -174,10 +174,10 @@ def share_buffers(graph, sched, position, readers) -> dict:
     end are never freed, nor are the arrays of those that are views; rank-0 values keep
     their own (per-chunk private in row-split runs, codegen/parallel.py). A kernel never
     gets an array one of its inputs is in: an input's last reader is at least that
-    kernel. The ResNet of examples/resnet_digits.py
-    at batch 256 needs 24 MB for its values this way instead of 47 MB (30 MB instead of
-    52 with its scratch), and its step ran 1.5-3.5% faster than with an array per value
-    (the two alternated in one process). Checked by tests/test_memory_plan.py.
+    kernel. The ResNet of examples/resnet_digits.py at batch 256 needs 24 MB for its
+    values this way instead of 47 MB (30 MB instead of 52 with its scratch), and its
+    step ran 1.5-3.5% faster than with an array per value (the two alternated in one
+    process). Checked by tests/test_memory_plan.py.
 
     >>> from graphc.ir import Graph, TensorType
     >>> g = Graph("f"); x = g.add_input(TensorType(("N", 4), "float32"), "x")
