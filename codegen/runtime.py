@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 from numba.core.errors import NumbaError
 
-from graphc.ir import BATCH, CompileError, InputError
+from graphc.ir import BATCH, CompileError, InputError, input_index_bounds
 from graphc.ir.types import format_shape
 
 from .cache import load_module
@@ -42,11 +42,11 @@ _CODEGEN_LOCK = threading.Lock()
 
 
 @njit(cache=True, nogil=True)
-def first_outside(labels, classes):
-    """Index of the first label outside [0, classes), or -1 (no temporaries, unlike
-    ``labels.min()``, so checking labels allocates nothing per step)."""
-    for i in range(labels.size):
-        if labels[i] < 0 or labels[i] >= classes:
+def first_outside(values, lo, hi):
+    """Index of the first value outside [lo, hi), or -1 (no temporaries, unlike
+    ``values.min()``, so checking labels allocates nothing per step)."""
+    for i in range(values.size):
+        if values[i] < lo or values[i] >= hi:
             return i
     return -1
 
@@ -101,7 +101,7 @@ class Executable:
         self.input_names = graph.input_names()
         self.input_types = [graph.type_of(i) for i in graph.inputs]
         self.roles = [graph.input_role(i) for i in graph.inputs]
-        self.label_classes = dict(graph.meta.get("label_classes", {}))
+        self.index_bounds = input_index_bounds(graph)
         self._buffers: OrderedDict = OrderedDict()
         self._out_plan = None     # (output plan, fresh positions): _output_plan
         self._lock = threading.Lock()
@@ -171,13 +171,14 @@ class Executable:
                     elif arr.shape[axis] != batch:
                         raise InputError(f"input {name!r} has batch size {arr.shape[axis]} "
                                          f"but {batch_from!r} has {batch}")
-            classes = self.label_classes.get(name)
-            if classes is not None:
-                at = first_outside(arr.reshape(-1), classes)
+            bounds = self.index_bounds.get(name)
+            if bounds is not None:
+                lo, hi, noun, what = bounds
+                at = first_outside(arr.reshape(-1), lo, hi)
                 if at >= 0:
                     bad = int(arr.reshape(-1)[at])
-                    raise InputError(f"input {name!r}: label {bad} is out of range for "
-                                     f"{classes} classes (valid 0..{classes - 1})")
+                    raise InputError(f"input {name!r}: {noun} {bad} is out of range for "
+                                     f"{what}: valid {lo}..{hi - 1}")
             arrays.append(arr)
         return arrays, batch
 

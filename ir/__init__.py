@@ -14,10 +14,12 @@ from .parser import parse_graph
 from .dot import to_dot
 from .nodelink import to_json
 from .interpreter import interpret
+from .indices import input_index_bounds
 
 __all__ = [
     "GraphcError", "ShapeError", "DTypeError", "OpError", "GraphError", "SpecError",
     "InputError", "CompileError", "NumericError", "TensorType", "BATCH", "DTYPES",
     "dtype_name", "numpy_dtype", "OpDef", "register", "get_op", "all_ops", "FusionKind",
     "Graph", "Node", "verify", "format_graph", "parse_graph", "to_dot", "to_json", "interpret",
+    "input_index_bounds",
 ]

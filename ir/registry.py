@@ -72,6 +72,16 @@ class OpDef:
                                                 A kernel that splits its samples into
                                                 ``ctx.parts`` parts run on separate cores
                                                 asks for each part's own
+    index_bounds(in_types, attrs) -> {operand: (lo, hi, noun, what)}
+                                                int64 operands whose values index
+                                                something (class labels, token ids) and
+                                                the range [lo, hi) they must lie in;
+                                                ``noun`` and ``what`` word the error
+                                                ("label 7 is out of range for 4
+                                                classes (nll_loss)"). The runtime checks every graph
+                                                input that reaches such an operand, so a
+                                                bad label is an error, not a read past
+                                                the end of an array.
     """
 
     name: str
@@ -90,6 +100,7 @@ class OpDef:
     cuda_kernel: Optional[Callable] = None
     cuda_scalar: Optional[Callable] = None
     scratch: Optional[Callable] = None
+    index_bounds: Optional[Callable] = None
 
     def normalize_attrs(self, given: dict | None) -> tuple:
         given = dict(given or {})

@@ -115,10 +115,10 @@ def _nrt_allocations(step):
 def _driver_arrays(m):
     """Array arguments of the driver: Numba wraps each in an NRT meminfo per call."""
     exe = m._exe("train")
-    # plus one for each label input handed to the compiled label-range check, plus the
+    # plus one for each index input (labels) handed to the compiled range check, plus the
     # scratch arenas (one per dtype)
     return len(exe.graph.inputs) + len(exe.schedule.buffers) + len(exe.schedule.out_copies) \
-        + len(exe.label_classes) + len(scratch_arenas(exe.schedule))
+        + len(exe.index_bounds) + len(scratch_arenas(exe.schedule))
 
 
 def _dispatch_baseline(m, x, y):

@@ -79,6 +79,25 @@ def test_labels_out_of_range(good):
         good.gradients(np.ones((2, 8)), np.array([-1, 0]))
 
 
+@pytest.mark.parametrize("loss", [
+    lambda x, y: gc.nn.functional.cross_entropy(x, y),
+    lambda x, y: gc.nn.functional.nll_loss(x, y),
+    lambda x, y: gc.nn.functional.cross_entropy(x, y.reshape(3)),   # through a reshape
+])
+def test_labels_out_of_range_in_traced_functions(loss):
+    """A label past the classes (or negative) is an error in gc.jit and gc.grad too: the
+    compiled kernels read x[i, y[i]] unchecked, so it used to return a number."""
+    x = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    assert np.isfinite(gc.jit(loss)(x, np.array([0, 1, 3])))
+    for bad, shown in (([0, 4, 1], "label 4"), ([0, -1, 1], "label -1")):
+        for fn in (gc.jit(loss), gc.grad(loss)):
+            with pytest.raises(gc.InputError) as exc:
+                fn(x, np.array(bad))
+            text = one_line(exc)
+            assert "'y'" in text and shown in text and "4 classes" in text \
+                and "valid 0..3" in text
+
+
 def test_batch_sizes_must_agree(good):
     with pytest.raises(gc.InputError) as exc:
         good.train_step(np.ones((3, 8)), np.array([0, 1]))

@@ -122,6 +122,8 @@ register(OpDef(
     name="one_hot", infer=_one_hot_infer, impl=_one_hot_impl, kind=FusionKind.OPAQUE,
     kernel=_one_hot_kernel, cuda_kernel=_one_hot_cuda, arity=1,
     attrs={"num_classes": REQUIRED, "dtype": "float32"}, differentiable=False,
+    index_bounds=lambda types, a: {0: (0, a["num_classes"], "label",
+                                       f"{a['num_classes']} classes (one_hot)")},
     samples=(Sample(shapes=((5,),), attrs={"num_classes": 4, "dtype": "float64"},
                     domains=("labels:4",)),),
     doc="Rows of the identity: one_hot(y)[i, y[i]] = 1."))

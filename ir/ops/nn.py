@@ -281,6 +281,14 @@ def _nll_vjp(g, node, grad):
     return [g.add("mul", [onehot, g.add("neg", [_class_grad_scale(g, node, grad)])]), None]
 
 
+def _label_bounds(name):
+    """Operand 1 holds class labels: 0 <= y[i] < classes (the logits' last axis)."""
+    def bounds(types, attrs):
+        classes = types[0].shape[-1]
+        return {1: (0, classes, "label", f"{classes} classes ({name})")}
+    return bounds
+
+
 _CE_SAMPLES = (Sample(shapes=((5, 4), (5,)), domains=("real", "labels:4"), batch_dims=(0, 0)),
                Sample(shapes=((1, 3), (1,)), domains=("real", "labels:3")))
 
@@ -289,12 +297,14 @@ register(OpDef(
     kind=FusionKind.REDUCTION, arity=2, impl=_np_softmax_ce, kernel=_softmax_ce_kernel,
     cuda_kernel=_single_block_loss(_softmax_ce_rows, lambda x: f"{x}.shape[0]"),
     vjp=_softmax_ce_vjp, samples=_CE_SAMPLES,
+    index_bounds=_label_bounds("softmax_cross_entropy"),
     doc="mean over the batch of -log softmax(x)[i, y[i]] (torch.nn.functional.cross_entropy)."))
 
 register(OpDef(
     name="softmax_cross_entropy_grad", infer=_softmax_ce_grad_infer,
     kind=FusionKind.REDUCTION, arity=3, impl=_np_softmax_ce_grad,
     kernel=_softmax_ce_grad_kernel, cuda_kernel=_softmax_ce_grad_cuda, differentiable=False,
+    index_bounds=_label_bounds("softmax_cross_entropy_grad"),
     samples=(Sample(shapes=((5, 4), (5,), ()), domains=("real", "labels:4", "real"),
                     batch_dims=(0, 0, None)),
              Sample(shapes=((1, 3), (1,), ()), domains=("real", "labels:3", "real"))),
@@ -306,7 +316,7 @@ register(OpDef(
     impl=lambda xs, a, shape: np.asarray(-np.mean(xs[0][np.arange(len(xs[1])), xs[1]]),
                                          dtype=xs[0].dtype),
     kernel=_nll_kernel, cuda_kernel=_single_block_loss(_nll_rows, lambda x: f"{x}.shape[0]"),
-    vjp=_nll_vjp, samples=_CE_SAMPLES,
+    vjp=_nll_vjp, samples=_CE_SAMPLES, index_bounds=_label_bounds("nll_loss"),
     doc="mean over the batch of -x[i, y[i]] for log-probabilities x (F.nll_loss)."))
 
 
