@@ -132,7 +132,7 @@ class Executable:
                 raise InputError(f"input {name!r}: cannot make an array of it ({exc})") from None
             if t.dtype == "int64":
                 if arr.dtype.kind not in "iu":
-                    raise InputError(f"input {name!r}: expected integer labels, got dtype "
+                    raise InputError(f"input {name!r}: expected integers, got dtype "
                                      f"{arr.dtype}")
             elif arr.dtype.kind not in "fiub":
                 raise InputError(f"input {name!r}: expected {t.dtype} numbers, got dtype "
@@ -237,6 +237,8 @@ class Executable:
                     self.last_chunks = []
                 else:
                     self._run_in_chunks(arrays, bufs, chunks, fresh)
+            except IndexError as exc:   # raised by a kernel: an index made in the graph
+                raise InputError(f"graph {self.graph.name!r}: {exc}") from None
             except NumbaError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise CompileError(f"Numba could not compile graph {self.graph.name!r} "

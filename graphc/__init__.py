@@ -15,7 +15,7 @@ from .compiled import CompiledModel, compile
 from .functional import (abs, amax, amin, argmax, argmin, clamp, clip, cos, erf, exp, log,
                          log_softmax, logsumexp, max, maximum, mean, min, minimum, neg, relu,
                          reshape, sigmoid, sin, softmax, softplus, sqrt, square, std, sum,
-                         tanh, transpose, var, where, cat, concat, stack)
+                         tanh, transpose, var, where, cat, concat, stack, take, index_select)
 from .jit import grad, jit, value_and_grad
 from .nn.module import manual_seed
 from .tracing import Tensor
@@ -31,7 +31,7 @@ __all__ = [
     "square", "maximum", "minimum", "sum", "mean", "max", "amax", "min", "amin", "argmax",
     "argmin", "var", "std", "logsumexp", "clamp", "clip", "erf", "neg", "softmax",
     "log_softmax",
-    "reshape", "transpose", "where", "cat", "concat", "stack",
+    "reshape", "transpose", "where", "cat", "concat", "stack", "take", "index_select",
     "GraphcError", "ShapeError", "DTypeError", "OpError", "GraphError", "SpecError",
     "InputError", "CompileError", "NumericError",
 ]

@@ -102,7 +102,7 @@ class CompiledModel:
 
     def __init__(self, module, input_shape, loss=None, optimizer=None, target="cpu",
                  fuse=True, dtype="float32", check_finite=False, l2=0.0,
-                 clip_grad_norm=None, clip_grad_value=None):
+                 clip_grad_norm=None, clip_grad_value=None, input_dtype=None):
         if not isinstance(module, Module):
             raise CompileError(f"gc.compile expects a gc.nn.Module, got {type(module).__name__}")
         if target not in ("cpu", "cuda"):
@@ -118,6 +118,12 @@ class CompiledModel:
         self.dtype = dtype_name(dtype)
         if self.dtype == "int64":
             raise ShapeError("gc.compile dtype must be float32 or float64")
+        # the model's input: its float dtype, or int64 token ids for a model that starts
+        # with an Embedding
+        self.input_dtype = self.dtype if input_dtype is None else dtype_name(input_dtype)
+        if self.input_dtype not in (self.dtype, "int64"):
+            raise ShapeError(f"gc.compile input_dtype must be {self.dtype!r} (the model's "
+                             f"dtype) or 'int64', got {input_dtype!r}")
         self.loss_name = loss
         self.loss_fn = F.get_loss(loss) if loss is not None else None
         self.optimizer = optimizer
@@ -158,7 +164,7 @@ class CompiledModel:
         g = Graph(kind)
         g.meta["dtype"] = self.dtype
         training = kind != "forward"
-        x_id = g.add_input(TensorType(self.input_shape, self.dtype), "x", "data")
+        x_id = g.add_input(TensorType(self.input_shape, self.input_dtype), "x", "data")
         with tracing(g, training=training) as ctx:
             params = []
             for name, p in self.module.named_parameters():
@@ -522,7 +528,7 @@ class CompiledModel:
 
 def compile(module, input_shape=None, loss=None, optimizer=None, target="cpu", fuse=True,  # noqa: A001
             dtype="float32", check_finite=False, l2=0.0, clip_grad_norm=None,
-            clip_grad_value=None) -> CompiledModel:
+            clip_grad_value=None, input_dtype=None) -> CompiledModel:
     """Compile a :class:`gc.nn.Module` for inference and (with loss/optimizer) training.
 
     >>> import graphc as gc
@@ -535,6 +541,8 @@ def compile(module, input_shape=None, loss=None, optimizer=None, target="cpu", f
     to ``[-c, c]``; ``clip_grad_norm`` rescales all gradients by
     ``min(1, max_norm / (total_norm + 1e-6))`` as ``torch.nn.utils.clip_grad_norm_``.
     ``m.gradients()`` returns the regularised, clipped gradients the optimizer uses.
+    ``input_dtype="int64"`` makes the input integer token ids (a model that starts with
+    ``gc.nn.Embedding``); by default it has the model's ``dtype``.
     """
     return CompiledModel(module, input_shape, loss, optimizer, target, fuse, dtype, check_finite,
-                         l2, clip_grad_norm, clip_grad_value)
+                         l2, clip_grad_norm, clip_grad_value, input_dtype)

@@ -12,7 +12,7 @@ from graphc.ir import BATCH, OpError, ShapeError
 from graphc.ir.types import format_shape
 
 from .tracing import (Tensor, _binary, _to_float, as_tensor, cat, matmul, reduce,  # noqa: F401
-                      reduce_axes, stack, where)
+                      reduce_axes, stack, take, where)
 
 concat = concatenate = cat
 
@@ -393,6 +393,43 @@ def linear(x, weight, bias=None):
                          f"{format_shape(w.shape)} expects {w.shape[1]}")
     y = matmul(x, w.T)
     return y + bias if bias is not None else y
+
+
+def _int_indices(indices, what):
+    idx = as_tensor(indices) if not isinstance(indices, np.ndarray) else indices
+    if isinstance(idx, Tensor) and idx.dtype != "int64":
+        raise ShapeError(f"{what} needs int64 indices, got a {idx.dtype} tensor of shape "
+                         f"{format_shape(idx.shape)} (gc.compile(..., input_dtype='int64') "
+                         f"makes a model's input int64)")
+    return idx
+
+
+def embedding(input, weight):  # noqa: A002
+    """``F.embedding``: the rows of ``weight`` (num_embeddings, dim) at the int64
+    indices ``input``, shaped ``input.shape + (dim,)``; an index outside
+    [0, num_embeddings) is an error, as in PyTorch. The gradient adds into each row once
+    per use.
+
+    >>> import numpy as np, graphc as gc
+    >>> w = np.arange(6.0).reshape(3, 2)
+    >>> gc.jit(lambda i, w: gc.nn.functional.embedding(i, w))(np.array([[2, 0]]), w)
+    array([[[4., 5.],
+            [0., 1.]]])
+    """
+    w, idx = as_tensor(weight), _int_indices(input, "embedding")
+    if w.ndim != 2:
+        raise ShapeError(f"embedding needs a weight (num_embeddings, dim), got "
+                         f"{format_shape(w.shape)}")
+    return take(w, idx, 0, negative=False)   # PyTorch refuses negative token ids too
+
+
+def index_select(input, dim, index):  # noqa: A002
+    """``torch.index_select``: the slices of ``input`` along ``dim`` at the 1-D int64
+    ``index``."""
+    x, idx = as_tensor(input), _int_indices(index, "index_select")
+    if isinstance(idx, Tensor) and idx.ndim != 1:
+        raise ShapeError(f"index_select needs a 1-D index, got {format_shape(idx.shape)}")
+    return take(x, idx, dim)
 
 
 # --- losses (mean reduction) -------------------------------------------------

@@ -35,21 +35,22 @@ class TraceContext:
         # arrays the traced function closed over become "const" inputs (gc.jit and
         # friends); None where they are an error (a Module holds its arrays as buffers)
         self.captures: list | None = None
-        # id(array) -> (node id, array): one input per array; holding the array keeps
+        # (id(array), dtype) -> (node id, array): one input per array; holding it keeps
         # its id from being reused by a temporary array made later in the trace
         self.capture_ids: dict = {}
         self.capture_names: dict = {}   # id(array) -> the name it has in the function
 
-    def capture(self, value: np.ndarray) -> int:
-        """The ``const`` input holding a copy of ``value`` (made on first use)."""
-        hit = self.capture_ids.get(id(value))
+    def capture(self, value: np.ndarray, dtype: str | None = None) -> int:
+        """The ``const`` input holding a copy of ``value`` (made on first use), in the
+        trace's float dtype or in ``dtype`` (``"int64"`` for indices)."""
+        dtype = dtype or _trace_float_dtype(self.graph)
+        hit = self.capture_ids.get((id(value), dtype))
         if hit is not None:
             return hit[0]
         if value.dtype.kind not in "biuf":
             raise DTypeError(f"a NumPy array of shape {format_shape(value.shape)} and dtype "
                              f"{value.dtype} was used inside a traced function; only "
                              f"numeric arrays can be captured")
-        dtype = _trace_float_dtype(self.graph)
         taken = {self.graph.nx.nodes[i].get("name") for i in self.graph.inputs}
         name = self.capture_names.get(id(value))
         if name is None or name in taken:
@@ -58,7 +59,7 @@ class TraceContext:
         # later changes to the caller's array do not reach compiled calls
         array = np.array(value, dtype=dtype, order="C")
         nid = self.graph.add_input(TensorType(array.shape, dtype), name, "const")
-        self.capture_ids[id(value)] = (nid, value)
+        self.capture_ids[(id(value), dtype)] = (nid, value)
         self.captures.append(array)
         return nid
 
@@ -488,14 +489,18 @@ def where(condition, a, b) -> Tensor:
 
 
 def getitem(t: Tensor, key) -> Tensor:
-    """``t[key]`` for basic indexing: ints, slices, ``...`` and ``None``, NumPy's rules;
-    the batch axis can only be taken whole (``:``). The result is a copy.
+    """``t[key]``: ints, slices, ``...`` and ``None`` by NumPy's rules, and one integer
+    array (an int64 Tensor, or a NumPy array or list of ints) along one axis, whose
+    axes take that axis' place (``x[idx]``, ``x[:, idx]``). The batch axis can only be
+    taken whole (``:``). The result is a copy.
 
     >>> import numpy as np, graphc as gc
     >>> gc.jit(lambda x: x[1:, ::-1])(np.arange(6.0).reshape(2, 3))
     array([[5., 4., 3.]])
     """
     key = key if isinstance(key, tuple) else (key,)
+    if any(_is_index_array(k) for k in key):
+        return _gather(t, key)
     shape = t.shape
     if sum(1 for k in key if k is Ellipsis) > 1:
         raise ShapeError(f"{_where(t)}an index can only have one ellipsis ('...')")
@@ -541,6 +546,86 @@ def getitem(t: Tensor, key) -> Tensor:
     full = all(r == (0, None, 1) or r == (0, d, 1) for r, d in zip(index, shape))
     out = t if full else t._new("slice", [t], {"index": tuple(index)})
     return out if tuple(out_shape) == out.shape else out.reshape(tuple(out_shape))
+
+
+def _is_index_array(k) -> bool:
+    return isinstance(k, (TensorOps, list)) or (isinstance(k, np.ndarray) and k.ndim > 0)
+
+
+def _index_tensor(t: Tensor, k, axis_extent) -> Tensor:
+    """An int64 tensor of the indices ``k``: a traced one as it is, a static array or
+    list captured (gc.jit) after checking its values against the axis."""
+    if isinstance(k, TensorOps):
+        k = k._t()
+        if k.type.dtype != "int64":
+            raise ShapeError(f"{_where(t)}indices must be int64, got a {k.type.dtype} tensor "
+                             f"(boolean masks select a data-dependent number of elements, "
+                             f"which graphc cannot shape: use gc.where; for indices, .long())")
+        return k
+    arr = np.asarray(k)
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
+        raise ShapeError(f"{_where(t)}indices must be integers, got an array of dtype "
+                         f"{arr.dtype} (boolean masks select a data-dependent number of "
+                         f"elements, which graphc cannot shape: use gc.where)")
+    if axis_extent != BATCH:
+        bad = arr[(arr < -axis_extent) | (arr >= axis_extent)]
+        if bad.size:
+            raise ShapeError(f"{_where(t)}index {int(bad.flat[0])} is out of range for an "
+                             f"axis of extent {axis_extent}")
+    ctx = active()
+    if ctx is None or ctx.captures is None:
+        raise ShapeError(f"{_where(t)}a fixed array of indices {format_shape(arr.shape)} "
+                         f"can be used in gc.jit and gc.grad; in a model's forward, pass "
+                         f"the indices as an int64 input")
+    return Tensor(ctx.graph, ctx.capture(arr, "int64"))
+
+
+def _gather(t: Tensor, key: tuple) -> Tensor:
+    """``t[key]`` where one entry of ``key`` is an integer array: the other entries
+    (slices, ``...``, ``None``) first, then a ``take`` along the array's axis."""
+    arrays = [i for i, k in enumerate(key) if _is_index_array(k)]
+    ints = [k for k in key if isinstance(k, (int, np.integer)) and not isinstance(k, bool)]
+    if len(arrays) > 1 or ints:
+        raise ShapeError(f"{_where(t)}graphc indexes with one integer array beside slices, "
+                         f"'...' and None; NumPy's rules for several arrays, or an array "
+                         f"and an int, are not supported: index in two steps")
+    p = arrays[0]
+    base = getitem(t, key[:p] + (slice(None),) + key[p + 1:])
+    # the axis the array indexes, in ``base``: one per slice or None before it, and the
+    # axes an ellipsis before it stands for
+    before = key[:p]
+    axis = sum(1 for k in before if k is not Ellipsis)
+    if Ellipsis in before:
+        axis += t.ndim - sum(1 for k in key if k is not None and k is not Ellipsis)
+    extent = base.shape[axis]
+    if extent == BATCH:
+        raise ShapeError(f"{_where(t)}axis {axis} of {format_shape(base.shape)} is the "
+                         f"batch axis: it can only be taken whole (':'), not indexed by "
+                         f"an array")
+    return take(base, _index_tensor(t, key[p], extent), axis)
+
+
+def take(x, indices, axis: int, *, negative: bool = True) -> Tensor:
+    """``np.take(x, indices, axis)``: the slices of ``x`` along ``axis`` at int64
+    ``indices``, idx's axes in that axis' place. Negative indices count from the end
+    (``negative=False`` makes them errors, as ``nn.Embedding`` does). Its gradient adds
+    each slice's gradient into the row it came from.
+
+    >>> import numpy as np, graphc as gc
+    >>> gc.jit(lambda x, i: gc.take(x, i, 1))(np.arange(6.0).reshape(2, 3), np.array([2, 0]))
+    array([[2., 0.],
+           [5., 3.]])
+    """
+    x = as_tensor(x)
+    if not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"{_where(x)}take: axis {axis} is out of range for shape "
+                         f"{format_shape(x.shape)}")
+    axis %= x.ndim
+    idx = indices._t() if isinstance(indices, TensorOps) else \
+        _index_tensor(x, indices, x.shape[axis])
+    if idx.type.dtype != "int64":
+        raise ShapeError(f"{_where(x)}take needs int64 indices, got {idx.type}")
+    return x._new("take", [x, idx], {"axis": axis, "negative": negative})
 
 
 def _fold_last_transpose(t: Tensor):

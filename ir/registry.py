@@ -35,7 +35,8 @@ class Sample:
 
     ``shapes`` are concrete input shapes (the batch dim uses a small int), ``domains``
     name the range to draw each input from: ``real``, ``positive``, ``unit`` (0, 1),
-    ``nonzero`` (|x| >= 0.5), or ``labels:C`` for int64 class labels below C.
+    ``nonzero`` (|x| >= 0.5), or ``labels:C`` for int64 class labels below C
+    (``labels:L:H`` for integers in [L, H), such as negative indices).
     """
 
     shapes: tuple
@@ -45,6 +46,16 @@ class Sample:
 
     def domain(self, i):
         return self.domains[i] if i < len(self.domains) else "real"
+
+
+def label_range(domain: str) -> tuple:
+    """[lo, hi) of an integer sample domain: ``labels:C`` or ``labels:L:H``.
+
+    >>> label_range("labels:4"), label_range("labels:-5:5")
+    ((0, 4), (-5, 5))
+    """
+    bounds = [int(b) for b in domain.split(":")[1:]]
+    return (0, bounds[0]) if len(bounds) == 1 else tuple(bounds)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import numpy as np
 import graphc as gc
 from graphc.codegen import compile_graph
 from graphc.ir import BATCH, CompileError, Graph, TensorType, all_ops, get_op, interpret
+from graphc.ir.registry import label_range
 
 TOL = {"float64": 1e-9, "float32": 1e-4}
 # The simulator's launcher busy-waits on its Python threads; a short GIL switch interval
@@ -321,7 +322,7 @@ def _():
 # ------------------------------------------------------------------ single ops
 def _draw(shape, domain, dtype):
     if domain.startswith("labels:"):
-        return rng.integers(0, int(domain.split(":")[1]), size=shape)
+        return rng.integers(*label_range(domain), size=shape)
     x = rng.normal(size=shape)
     if domain == "positive":
         x = np.abs(x) + 0.1

@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import BATCH, Graph, TensorType, interpret
+from graphc.ir.registry import label_range
 
 
 def draw(rng, shape, domain, dtype="float64"):
     if domain.startswith("labels:"):
-        return rng.integers(0, int(domain.split(":")[1]), size=shape).astype(np.int64)
+        return rng.integers(*label_range(domain), size=shape).astype(np.int64)
     if domain == "positive":
         x = rng.uniform(0.5, 2.0, size=shape)
     elif domain == "unit":

@@ -30,6 +30,7 @@ import graphc as gc
 import graphc.ir as ir
 from graphc.codegen import compile_graph
 from graphc.ir import BATCH, GraphcError, InputError, TensorType, interpret, verify
+from graphc.ir.registry import label_range
 from graphc.passes import PassManager
 from graphc.pipeline import default_passes
 
@@ -53,7 +54,7 @@ STATS = {"graphs": 0, "f32_graphs": 0, "pipelines": 0, "compiles": 0, "ops": set
 
 def draw_value(rng, shape, domain):
     if domain.startswith("labels:"):
-        return rng.integers(0, int(domain.split(":")[1]), size=shape).astype(np.int64)
+        return rng.integers(*label_range(domain), size=shape).astype(np.int64)
     if domain == "positive":
         return rng.uniform(0.5, 2.0, size=shape)
     if domain == "unit":

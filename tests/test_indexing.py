@@ -66,7 +66,8 @@ def test_slices_of_a_batch_in_a_compiled_model(fuse):
     (np.s_[:, 2:2], "slice 2:2:None of axis 1 (extent 5) selects nothing"),
     (np.s_[..., ...], "only have one ellipsis"),
     (np.s_[0, 0, 0, 0], "too many indices (4) for shape (4, 5, 6)"),
-    (np.s_[[0, 1]], "not list indices"),
+    (np.s_[[0, 1], [0, 1]], "one integer array beside slices"),
+    (np.s_[1.5], "not float indices"),
 ])
 def test_bad_indices_are_shape_errors(key, message):
     with pytest.raises(gc.ShapeError, match=message.replace("(", r"\(").replace(")", r"\)")):

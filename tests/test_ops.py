@@ -48,8 +48,9 @@ def build_op_graph(name, rng):
         if op.differentiable:
             t = g.type_of(out)
             proj = g.add_input(t, f"s{s_idx}_r")
-            shape = tuple(values[f"s{s_idx}_a0"].shape[0] if d == BATCH else d for d in t.shape) \
-                if any(d == BATCH for d in t.shape) else t.shape
+            batch = next((values[f"s{s_idx}_a{i}"].shape[axis] for i, axis in
+                          enumerate(sample.batch_dims) if axis is not None), None)
+            shape = tuple(batch if d == BATCH else d for d in t.shape)
             values[f"s{s_idx}_r"] = rng.normal(size=shape)
             loss = g.add("reduce_sum", [g.add("mul", [out, proj])], {"axes": None})
             float_args = [a for a in args if g.type_of(a).dtype != "int64"]

@@ -44,6 +44,41 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+class Embedding(Module):
+    """A lookup table: ``weight[input]`` for int64 token ids ``input`` of any shape,
+    ``weight`` of shape ``(num_embeddings, embedding_dim)`` drawn from N(0, 1) as in
+    PyTorch. Compile a model that starts with one with ``input_dtype="int64"``.
+
+    >>> import numpy as np, graphc as gc
+    >>> emb = gc.nn.Embedding(10, 4)
+    >>> m = gc.compile(emb, input_shape=(None, 3), input_dtype="int64")
+    >>> m(np.array([[1, 2, 9]])).shape
+    (1, 3, 4)
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx=None,
+                 max_norm=None, scale_grad_by_freq=False, sparse=False):
+        super().__init__()
+        if num_embeddings <= 0 or embedding_dim <= 0:
+            raise ShapeError(f"Embedding({num_embeddings}, {embedding_dim}): sizes must be "
+                             f"positive")
+        unsupported = {k: v for k, v in (("padding_idx", padding_idx), ("max_norm", max_norm),
+                                         ("scale_grad_by_freq", scale_grad_by_freq),
+                                         ("sparse", sparse))
+                       if v is not None and v is not False}
+        if unsupported:
+            raise OpError(f"Embedding: {', '.join(f'{k}={v!r}' for k, v in unsupported.items())}"
+                          f" is not supported")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(rng().normal(size=(num_embeddings, embedding_dim)))
+
+    def forward(self, x):
+        return F.embedding(x, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
 def _activation(name, fn):
     cls = type(name, (Module,), {
         "forward": lambda self, x: fn(x),

@@ -1,2 +1,3 @@
 """Built-in op declarations. Importing this package registers them all."""
-from . import core, elementwise, shape, reduce, linalg, nn, conv, pool, random  # noqa: F401
+from . import (core, elementwise, shape, reduce, linalg, nn, conv, pool, random,  # noqa: F401
+               gather)
