@@ -102,6 +102,8 @@ class Executable:
         self.input_types = [graph.type_of(i) for i in graph.inputs]
         self.roles = [graph.input_role(i) for i in graph.inputs]
         self.index_bounds = input_index_bounds(graph)
+        # batch norm in training needs two values per channel (graphc.functional)
+        self.min_batch = graph.meta.get("min_batch", 0)
         self._buffers: OrderedDict = OrderedDict()
         self._out_plan = None     # (output plan, fresh positions): _output_plan
         self._lock = threading.Lock()
@@ -180,6 +182,11 @@ class Executable:
                     raise InputError(f"input {name!r}: {noun} {bad} is out of range for "
                                      f"{what}: valid {lo}..{hi - 1}")
             arrays.append(arr)
+        if batch is not None and batch < self.min_batch:
+            raise InputError(f"batch size {batch}: graph {self.graph.name!r} normalises over "
+                             f"the batch in training (batch norm) and needs at least "
+                             f"{self.min_batch} samples, as PyTorch does (drop the short "
+                             f"last batch)")
         return arrays, batch
 
     def buffers_for(self, batch):

@@ -43,7 +43,8 @@ def save_checkpoint(model, path, epoch: int = 0, step: int = 0, rng=None,
     arrays.update({_S + k: v for k, v in model._state.items()})
     meta = {"format": FORMAT, "epoch": int(epoch), "step": int(step),
             "lr": None if model.optimizer is None else float(model.optimizer.lr),
-            "dtype": model.dtype, "extra": extra or {}}
+            "dtype": model.dtype, "extra": extra or {},
+            "optimizer": None if model.optimizer is None else type(model.optimizer).__name__}
     arrays["meta"] = np.array(json.dumps(meta))
     arrays["rng"] = np.array(_rng_state(rng))
     directory = os.path.dirname(os.path.abspath(path))
@@ -74,6 +75,9 @@ def load_checkpoint(model, path, rng=None) -> dict:
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read checkpoint {path!r}: {exc}") from None
     with data:
+        if "meta" not in data.files or "rng" not in data.files:
+            raise InputError(f"{path!r} is not a graphc checkpoint (no 'meta' entry; it holds "
+                             f"{sorted(data.files)[:5]})")
         meta = json.loads(str(data["meta"]))
         params = {k[len(_P):]: data[k] for k in data.files if k.startswith(_P)}
         buffers = {k[len(_B):]: data[k] for k in data.files if k.startswith(_B)}
@@ -82,6 +86,11 @@ def load_checkpoint(model, path, rng=None) -> dict:
     if meta.get("dtype") != model.dtype:
         raise InputError(f"checkpoint {path!r} holds {meta.get('dtype')} values; the model is "
                          f"{model.dtype}")
+    saved_opt = meta.get("optimizer")   # absent in checkpoints written before it was kept
+    model_opt = None if model.optimizer is None else type(model.optimizer).__name__
+    if saved_opt is not None and model_opt is not None and saved_opt != model_opt:
+        raise InputError(f"checkpoint {path!r} holds {saved_opt} state; the model trains with "
+                         f"{model_opt}")
     model.load_parameters({**params, **buffers})
     for name, value in state.items():
         old = model._state.get(name)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 
+import networkx as nx
 import numpy as np
 
 from graphc.ir import (BATCH, CompileError, Graph, InputError, OpError, ShapeError, TensorType,
@@ -126,7 +127,9 @@ class CompiledModel:
                              f"dtype) or 'int64', got {input_dtype!r}")
         self.loss_name = loss
         self.loss_fn = F.get_loss(loss) if loss is not None else None
-        self.optimizer = optimizer
+        self._optimizer = optimizer
+        if optimizer is not None:
+            object.__setattr__(optimizer, "_compiled", True)
         self.target = target
         self.fuse = fuse
         self.check_finite = check_finite
@@ -135,8 +138,15 @@ class CompiledModel:
                                "clip_grad_value": clip_grad_value}
         for name, m in module.named_modules():
             object.__setattr__(m, "_name", name or type(m).__name__)
+        self._train_modes = [(m, m.training) for _, m in module.named_modules()]
         self._params = {n: p.data.astype(self.dtype) for n, p in module.named_parameters()}
         self._buffers = {n: b.data.astype(self.dtype) for n, b in module.named_buffers()}
+        # the other names of shared parameters and buffers (a PyTorch state_dict lists a
+        # tied weight under each of them) -> the name the compiled model holds it under
+        first = {id(v): n for n, v in (*module.named_parameters(), *module.named_buffers())}
+        self._aliases = {n: first[id(v)] for n, v in
+                         (*module.named_parameters(remove_duplicate=False),
+                          *module.named_buffers(remove_duplicate=False)) if first[id(v)] != n}
         self._input_major = frozenset()   # see _choose_input_major
         self._state: dict = {}
         self._graphs: dict = {}
@@ -163,7 +173,10 @@ class CompiledModel:
         t0 = time.perf_counter()
         g = Graph(kind)
         g.meta["dtype"] = self.dtype
-        training = kind != "forward"
+        # the forward and the loss of m(x) run in eval mode; the training graphs in the
+        # modes the modules had when compiled (train by default; a module set to eval,
+        # e.g. batch norm frozen for fine-tuning, stays so, as in PyTorch)
+        training = kind in ("gradients", "train")
         x_id = g.add_input(TensorType(self.input_shape, self.input_dtype), "x", "data")
         with tracing(g, training=training) as ctx:
             params = []
@@ -180,12 +193,14 @@ class CompiledModel:
                 bid = g.add_input(TensorType(b.data.shape, self.dtype), name, "state")
                 ctx.bound[id(b)] = bid
                 buffers.append((name, id(b), bid))
-            was_training = self.module.training
-            self.module.train(training)
+            modes = [(m, m.training) for _, m in self.module.named_modules()]
+            for m, compiled_mode in self._train_modes:
+                object.__setattr__(m, "training", training and compiled_mode)
             try:
                 out = as_tensor(self.module(Tensor(g, x_id)))
             finally:
-                self.module.train(was_training)
+                for m, mode in modes:
+                    object.__setattr__(m, "training", mode)
             if kind == "forward":
                 g.set_outputs([out.id], ["output"])
             else:
@@ -196,16 +211,17 @@ class CompiledModel:
                                      f"{format_shape(loss.shape)}")
                 outputs, names = [loss.id], ["loss"]
                 if kind in ("gradients", "train"):
-                    grads = add_gradients(g, loss.id, [pid for _, pid in params])
+                    learned = self._learned(g, loss.id, params)
+                    grads = add_gradients(g, loss.id, [pid for _, pid in learned])
                     grads = transform_gradients(g, [(n, pid, gid) for (n, pid), gid in
-                                                    zip(params, grads)], **self.grad_transform)
+                                                    zip(learned, grads)], **self.grad_transform)
                     if kind == "gradients":
                         outputs += grads
-                        names += [f"grad.{n}" for n, _ in params]
+                        names += [f"grad.{n}" for n, _ in learned]
                     else:
                         new, new_names, targets = apply_optimizer(
                             g, self.optimizer.rule, self.optimizer.hyper(),
-                            [(n, pid, gid) for (n, pid), gid in zip(params, grads)])
+                            [(n, pid, gid) for (n, pid), gid in zip(learned, grads)])
                         aliases = {}
                         for value, name, target in zip(new, new_names, targets):
                             aliases[len(outputs)] = g.inputs.index(target)
@@ -220,6 +236,26 @@ class CompiledModel:
                 g.set_outputs(outputs, names)
         self.timings[f"trace.{kind}"] = time.perf_counter() - t0
         return g
+
+    @property
+    def optimizer(self):
+        """The optimizer compiled into ``train_step``; set its ``lr`` (or use
+        :meth:`set_lr` or a schedule) to change the learning rate."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, value):
+        raise OpError("a compiled model's optimizer is part of its training step: compile "
+                      "again to use another (its lr can change: m.optimizer.lr = ...)")
+
+    def _learned(self, g, loss, params):
+        """The ``(name, input)`` of the parameters training updates: those whose
+        ``requires_grad`` was set when compiled and that the loss uses. PyTorch leaves
+        the others' ``grad`` None, so its optimizers skip them: no weight decay, no
+        momentum or Adam state, no change at all."""
+        uses = nx.ancestors(g.nx, loss)
+        frozen = {n for n, p in self.module.named_parameters() if not p.requires_grad}
+        return [(n, pid) for n, pid in params if n not in frozen and pid in uses]
 
     def _choose_input_major(self) -> frozenset:
         """Names of the weights the graphs hold input-major, ``(in, out)``, instead of
@@ -422,8 +458,10 @@ class CompiledModel:
         return self._run("forward", x)[0]
 
     def loss(self, x, y) -> float:
+        """The loss of ``m(x)`` against ``y``: in eval mode, as the forward (batch norm's
+        running statistics, no dropout); ``train_step`` returns the training-mode loss."""
         # copy the loss under the runtime's lock: another thread may reuse the buffer
-        return float(self._run("gradients", x, y, copy=_LOSS_ONLY)[0])
+        return float(self._run("loss", x, y, copy=_LOSS_ONLY)[0])
 
     def train_step(self, x, y) -> float:
         """Forward, backward and optimizer update in one native call; returns the loss."""
@@ -433,7 +471,7 @@ class CompiledModel:
     def gradients(self, x, y) -> dict:
         """``{parameter name: gradient}`` at the current parameters; nothing is updated."""
         outs = self._run("gradients", x, y)
-        names = [n for n, _ in self.module.named_parameters()]
+        names = [n[len("grad."):] for n in self._graph("gradients").output_names[1:]]
         return {n: self._public(n, g) for n, g in zip(names, outs[1:])}
 
     def parameters(self) -> dict:
@@ -476,6 +514,13 @@ class CompiledModel:
         """Load a ``{name: array}`` dict, e.g. a PyTorch ``state_dict`` converted to NumPy."""
         state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v)
                  for k, v in state.items()}
+        for alias, name in self._aliases.items():
+            if alias in state:
+                value = state.pop(alias)
+                if name in state and not np.array_equal(np.asarray(state[name]), value):
+                    raise ShapeError(f"load_parameters: {alias} and {name} are one shared "
+                                     f"parameter in this model but differ in the dict")
+                state.setdefault(name, value)
         self._pull()   # target="cuda": keep device-only updates (e.g. optimizer state)
         known = set(self._params) | set(self._buffers)
         extra = sorted(set(state) - known - {k for k in state if k.endswith("num_batches_tracked")})

@@ -551,6 +551,22 @@ def _state(t):
     return t._t() if hasattr(t, "_t") else as_tensor(t)
 
 
+def _need_two_values(x, axes):
+    """Training batch norm needs two values per channel, as PyTorch insists: with one the
+    variance is 0 and the running variance's count / (count - 1) is 0/0, a NaN that
+    stays in the buffer and makes every later forward NaN. A static count is checked
+    here; one that depends on the batch size (no other axis to count) is checked by the
+    runtime before each call (``min_batch`` in the graph's meta)."""
+    sizes = [x.shape[a] for a in axes]
+    static = int(np.prod([d for d in sizes if d != BATCH]))
+    if static > 1:
+        return
+    if BATCH not in sizes:
+        raise ShapeError(f"batch_norm in training needs more than 1 value per channel, got "
+                         f"input {format_shape(x.shape)}")
+    x.graph.meta["min_batch"] = 2
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa: A002
                training=False, momentum=0.1, eps=1e-5):
     """``F.batch_norm`` over dim 1 of (N, C), (N, C, L) or (N, C, H, W).
@@ -567,6 +583,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,  # noqa
     axes = (0,) + tuple(range(2, x.ndim))
     bshape = (1, C) + (1,) * (x.ndim - 2)
     if training:
+        _need_two_values(x, axes)
         mean, xc, var = _centered(x, axes)
         if running_mean is not None and running_var is not None:
             count = x._new("shape_size", [x], {"axes": axes, "dtype": x.dtype})

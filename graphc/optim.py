@@ -28,12 +28,23 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         # checked here, so CompiledModel.set_lr and schedules get the same one-line error
-        number = (isinstance(value, (int, float, np.integer, np.floating))
-                  and not isinstance(value, bool))
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+            value = value.item()      # a 0-d NumPy array or torch tensor
+        number = _is_number(value)
         if not (number and 0 <= value < float("inf")):
             raise OpError(f"{type(self).__name__}: invalid learning rate {value!r} (a finite "
                           f"number >= 0)")
         self._lr = float(value)
+
+    def __setattr__(self, name, value):
+        # the update rule (momentum, betas, ...) is compiled into the training step; only
+        # the learning rate is a run-time input. Changing the rest afterwards would be
+        # ignored while repr() showed the new value, so it is an error.
+        if self.__dict__.get("_compiled") and name not in ("lr", "_lr"):
+            raise OpError(f"{type(self).__name__}.{name} is compiled into a model's training "
+                          f"step; only lr can change after gc.compile (compile again with a "
+                          f"new optimizer to change {name})")
+        object.__setattr__(self, name, value)
 
     def hyper(self) -> dict:
         raise NotImplementedError
@@ -48,12 +59,10 @@ class SGD(Optimizer):
 
     rule = "sgd"
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+    def __init__(self, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(lr)
-        if not (momentum >= 0 and weight_decay >= 0):   # NaN fails too
-            raise OpError(f"SGD: momentum ({momentum}) and weight_decay ({weight_decay}) "
-                          f"must be >= 0")
+        _check("SGD", momentum=momentum, weight_decay=weight_decay)
         if nesterov and momentum <= 0:
             raise OpError("SGD: nesterov momentum requires momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), \
@@ -64,10 +73,14 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 def _check(name, **values):
     for key, v in values.items():
-        if not v >= 0:
-            raise OpError(f"{name}: invalid {key} {v!r} (must be >= 0)")
+        if not (_is_number(v) and 0 <= v < float("inf")):
+            raise OpError(f"{name}: invalid {key} {v!r} (a finite number >= 0)")
 
 
 def _betas(name, betas):

@@ -115,19 +115,26 @@ def _progress(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="batch", leave=True)
 
 
-def _check_data(X, y, model):
+def _check_data(X, y, model, what="fit"):
     X = np.asarray(X)
     y = np.asarray(y)
+    if X.ndim == 0 or y.ndim == 0:
+        raise InputError(f"{what}: X and y must be arrays of samples, got shapes "
+                         f"{X.shape} and {y.shape}")
     if len(X) != len(y):
-        raise InputError(f"fit: X has {len(X)} samples but y has {len(y)}")
+        raise InputError(f"{what}: X has {len(X)} samples but y has {len(y)}")
     if len(X) == 0:
-        raise InputError("fit: no training samples")
+        raise InputError(f"{what}: no samples")
     return X, y
 
 
 def evaluate(model, X, y, batch_size: int = 256) -> tuple[float, float | None]:
-    """``(mean loss, accuracy)`` over ``(X, y)``; accuracy only for class-label losses."""
-    X, y = _check_data(X, y, model)
+    """``(mean loss, accuracy)`` over ``(X, y)`` in eval mode (batch norm's running
+    statistics, no dropout: the loss of ``model(X)``, as PyTorch's ``model.eval()``);
+    accuracy only for class-label losses."""
+    X, y = _check_data(X, y, model, "evaluate")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise InputError(f"evaluate: batch_size must be an int >= 1, got {batch_size!r}")
     total, correct = 0.0, 0
     classify = model.loss_name in F.CLASS_LABEL_LOSSES
     for i in range(0, len(X), batch_size):
@@ -140,7 +147,8 @@ def evaluate(model, X, y, batch_size: int = 256) -> tuple[float, float | None]:
 
 def fit(model, X, y, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
         validation_data=None, seed: int = 0, progress: bool = True, checkpoint=None,
-        resume: bool = False, schedule=None, check_finite: bool = True) -> History:
+        resume: bool = False, schedule=None, check_finite: bool = True,
+        drop_last: bool = False) -> History:
     """Train ``model`` (a CompiledModel with loss and optimizer) for ``epochs`` epochs.
 
     ``checkpoint``: a .npz path saved atomically after every epoch (parameters, optimizer
@@ -149,13 +157,26 @@ def fit(model, X, y, epochs: int = 1, batch_size: int = 32, shuffle: bool = True
     for bit, as a run that was never interrupted. ``schedule``: a
     ``gc.schedules`` object stepped once per epoch. ``check_finite``: stop on a NaN/Inf
     loss (or non-finite data) with a NumericError naming the first bad tensor; the model
-    keeps its last finite parameters.
+    keeps its last finite parameters. ``drop_last``: skip the short last batch of each
+    epoch (as PyTorch's DataLoader), which a model with batch norm needs when it would
+    hold one sample.
     """
     if model.optimizer is None or model.loss_fn is None:
         raise InputError("fit needs a model compiled with loss= and optimizer=")
     if epochs < 0 or batch_size < 1:
         raise InputError(f"fit: epochs ({epochs}) must be >= 0 and batch_size ({batch_size}) >= 1")
     X, y = _check_data(X, y, model)
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise InputError("fit: validation_data must be a pair (X_val, y_val)")
+        _check_data(*validation_data, model, what="validation_data")
+    n = len(X) - len(X) % batch_size if drop_last else len(X)
+    min_batch = model._graph("train").meta.get("min_batch", 0)
+    if 0 < n % batch_size < min_batch:
+        raise InputError(f"fit: {len(X)} samples in batches of {batch_size} leave a last batch "
+                         f"of {n % batch_size}, and the model's batch norm needs at least "
+                         f"{min_batch} in training (as PyTorch): pass drop_last=True or "
+                         f"another batch_size")
     rng = np.random.default_rng(seed)
     history, start, step = History(), 0, 0
     if checkpoint is not None and resume and os.path.exists(checkpoint):
@@ -165,10 +186,9 @@ def fit(model, X, y, epochs: int = 1, batch_size: int = 32, shuffle: bool = True
         if schedule is not None and "schedule" in info["extra"]:
             schedule.load_state_dict(info["extra"]["schedule"])
     snap = _Snapshot(model) if check_finite else None
-    n = len(X)
     n_batches = (n + batch_size - 1) // batch_size
     for epoch in range(start, epochs):
-        order = rng.permutation(n) if shuffle else np.arange(n)
+        order = rng.permutation(len(X)) if shuffle else np.arange(len(X))
         bar = _progress(n_batches, f"epoch {epoch + 1}/{epochs}", progress)
         lr = model.optimizer.lr
         t0 = time.perf_counter()

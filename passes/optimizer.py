@@ -250,12 +250,13 @@ def transform_gradients(graph, params, l2: float = 0.0, clip_grad_norm: float | 
     3. clip by global norm: ``total = sqrt(sum ||g||^2)`` over all parameters,
        ``g * min(1, max_norm / (total + 1e-6))`` (``torch.nn.utils.clip_grad_norm_``).
     """
-    if l2 < 0:
-        raise OpError(f"l2 must be >= 0, got {l2}")
-    if clip_grad_value is not None and not clip_grad_value > 0:
-        raise OpError(f"clip_grad_value must be > 0, got {clip_grad_value}")
-    if clip_grad_norm is not None and not clip_grad_norm > 0:
-        raise OpError(f"clip_grad_norm must be > 0, got {clip_grad_norm}")
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
+    if not (number(l2) and l2 >= 0):    # NaN fails too
+        raise OpError(f"l2 must be a finite number >= 0, got {l2!r}")
+    for key, v in (("clip_grad_value", clip_grad_value), ("clip_grad_norm", clip_grad_norm)):
+        if v is not None and not (number(v) and v > 0):
+            raise OpError(f"{key} must be a finite number > 0, got {v!r}")
     grads = []
     for name, p, grad in params:
         dt = graph.type_of(p).dtype

@@ -197,16 +197,18 @@ def check_against_torch(spec, fuse, batch):
     x, y = data(spec, batch, seed=batch)
     tx = torch.from_numpy(x)
 
-    # forward (eval mode)
+    # forward and its loss (eval mode)
     tm.eval()
     with torch.no_grad():
-        assert_close(m(x), tm(tx).numpy(), dt, f"{spec['id']} forward")
+        out = tm(tx)
+        assert_close(m(x), out.numpy(), dt, f"{spec['id']} forward")
+        assert_close(m.loss(x, y), torch_loss(spec, out, y).item(), dt, f"{spec['id']} loss")
 
-    # loss and gradients (train mode) on a copy, so batch norm's running stats stay put
+    # gradients (train mode) on a copy, so batch norm's running stats stay put; the
+    # training-mode loss is checked by the steps below
     tcopy = copy.deepcopy(tm).train()
     loss = torch_loss(spec, tcopy(tx), y)
     loss.backward()
-    assert_close(m.loss(x, y), loss.item(), dt, f"{spec['id']} loss")
     grads = m.gradients(x, y)
     assert sorted(grads) == sorted(names)
     for name, p in tcopy.named_parameters():

@@ -220,7 +220,8 @@ class Sequential(Module):
         return len(self._modules)
 
     def __getitem__(self, i):
-        return list(self._modules.values())[i]
+        items = list(self._modules.values())
+        return Sequential(*items[i]) if isinstance(i, slice) else items[i]
 
     def forward(self, x):
         for m in self._modules.values():

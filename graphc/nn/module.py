@@ -34,10 +34,20 @@ def rng() -> np.random.Generator:
 
 
 class Parameter(TensorOps):
-    """A trainable array. Inside a trace it stands for its graph input."""
+    """A trainable array. Inside a trace it stands for its graph input.
 
-    def __init__(self, data):
+    ``requires_grad=False`` freezes it, as in PyTorch: a model compiled afterwards
+    computes no gradient for it and never updates it.
+    """
+
+    def __init__(self, data, requires_grad: bool = True):
         self.data = np.array(data, dtype=np.float64)
+        self.requires_grad = bool(requires_grad)
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """Set ``requires_grad`` in place and return the parameter (PyTorch's spelling)."""
+        self.requires_grad = bool(requires_grad)
+        return self
 
     @property
     def shape(self):
@@ -114,20 +124,36 @@ class Module:
             ctx.scope.pop()
 
     # --- traversal -----------------------------------------------------------
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix="", remove_duplicate=True, _seen=None):
+        """``(name, module)`` for this module and those below it. A module held under
+        two names (shared, tied) comes once, under its first name, as in PyTorch."""
+        if remove_duplicate:
+            _seen = set() if _seen is None else _seen
+            if id(self) in _seen:
+                return
+            _seen.add(id(self))
         yield prefix, self
         for name, m in self._modules.items():
-            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name, remove_duplicate,
+                                       _seen)
 
-    def named_parameters(self, prefix=""):
-        for mod_name, m in self.named_modules(prefix):
-            for name, p in m._parameters.items():
-                yield (f"{mod_name}.{name}" if mod_name else name), p
+    def named_parameters(self, prefix="", remove_duplicate=True):
+        """``(name, Parameter)``; a parameter reached by two names (a shared module, or
+        one Parameter assigned twice) comes once, under its first name, as in PyTorch,
+        so it is one input of a compiled graph and its gradient sums every use."""
+        yield from self._named_members("_parameters", prefix, remove_duplicate)
 
-    def named_buffers(self, prefix=""):
-        for mod_name, m in self.named_modules(prefix):
-            for name, b in m._buffers.items():
-                yield (f"{mod_name}.{name}" if mod_name else name), b
+    def named_buffers(self, prefix="", remove_duplicate=True):
+        yield from self._named_members("_buffers", prefix, remove_duplicate)
+
+    def _named_members(self, kind, prefix, remove_duplicate):
+        seen = set()
+        for mod_name, m in self.named_modules(prefix, remove_duplicate):
+            for name, v in getattr(m, kind).items():
+                if remove_duplicate and id(v) in seen:
+                    continue
+                seen.add(id(v))
+                yield (f"{mod_name}.{name}" if mod_name else name), v
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -139,14 +165,15 @@ class Module:
         return [m for _, m in self.named_modules()]
 
     def state_dict(self) -> dict:
-        """Parameters and buffers by PyTorch name, as NumPy copies."""
-        out = {n: p.data.copy() for n, p in self.named_parameters()}
-        out.update({n: b.data.copy() for n, b in self.named_buffers()})
+        """Parameters and buffers by PyTorch name, as NumPy copies (a shared one under
+        each of its names, as PyTorch's)."""
+        out = {n: p.data.copy() for n, p in self.named_parameters(remove_duplicate=False)}
+        out.update({n: b.data.copy() for n, b in self.named_buffers(remove_duplicate=False)})
         return out
 
     def load_state_dict(self, state: dict, strict: bool = True):
-        own = dict(self.named_parameters())
-        own.update(dict(self.named_buffers()))
+        own = dict(self.named_parameters(remove_duplicate=False))
+        own.update(dict(self.named_buffers(remove_duplicate=False)))
         if strict:
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
