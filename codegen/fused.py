@@ -13,6 +13,7 @@ Loops are serial: a prange next to BLAS starves OpenBLAS on small machines.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 from graphc.ir import get_op
 
@@ -25,8 +26,10 @@ SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reducti
 # longest trailing run a bare sum gets as a literal length (measured per run length on
 # a sum over (0, 2, 3): literal faster at 4 and 16 pixels, slower at 32 and beyond)
 LITERAL_RUN = 16
+# reduce_max keeps a NaN, as torch.amax and np.max (the builtin max(acc, v) drops one)
 REDUCERS = {"reduce_sum": ("{acc} + {v}", 0.0), "reduce_mean": ("{acc} + {v}", 0.0),
-            "reduce_max": ("max({acc}, {v})", float("-inf"))}
+            "reduce_max": ("({acc} if {acc} >= {v} or {acc} != {acc} else {v})",
+                           float("-inf"))}
 
 
 def _head(em, k):
@@ -127,11 +130,14 @@ def emit_reduce_loop(em, k) -> list[str]:
     # Reductions over a trailing run of axes (a conv bias gradient: (N, C, H, W) summed
     # over (0, 2, 3)) accumulate in registers over that run instead (see _emit_suffix).
     suffix = [] if scalar_sums else [r for r in reds if rank - 1 in _axes(g, r, rank)]
-    fm = {"reassoc"} if scalar_sums else set()
+    # ... unless the loop calls libm: with 'reassoc' LLVM folds exp(log(x)) to x, which
+    # is x for x < 0 where log gives NaN (and such loops do not vectorise anyway: no SVML)
+    reorder = not _calls_libm(g, elems)
+    fm = {"reassoc"} if scalar_sums and reorder else set()
     if float32:
         fm |= set(fastmath.LOOP_FLAGS)
         # as for whole-tensor sums; float64 suffix sums stay sequential (no reassoc)
-        if any(g.op_of(r) != "reduce_max" for r in suffix):
+        if reorder and any(g.op_of(r) != "reduce_max" for r in suffix):
             fm.add("reassoc")
     lines = [f"@njit({em.kernel_flags(fm)})", em.signature(k)] + head_lines
     if suffix:
@@ -285,6 +291,13 @@ def _reduce_prologue(g, reds, reads, scalar_sums, local) -> list[str]:
             lines.append(f"    s{v} = {var(v)}[()]")
             local[v] = f"s{v}"
     return lines
+
+
+def _calls_libm(g, elems) -> bool:
+    """Whether the elementwise nodes of a loop call ``math`` functions (float64 exp, log,
+    ...; float32 uses graphc's own, which LLVM has no identities for)."""
+    names = defaultdict(lambda: "v")
+    return any("math." in scalar_expr(g, n, names) for n in elems)
 
 
 def _loop_body(g, reads, elems, stored, ref, local, ind) -> list[str]:

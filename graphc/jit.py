@@ -21,12 +21,12 @@ import functools
 
 import numpy as np
 
-from graphc.ir import DTypeError, ShapeError, format_graph
+from graphc.ir import DTypeError, OpError, ShapeError, format_graph
 from graphc.ir.types import dtype_name
 from graphc.passes import add_gradients
 
 from .pipeline import optimize
-from .tracing import trace_function
+from .tracing import TensorOps, trace_function
 
 
 def _signature(args):
@@ -35,10 +35,18 @@ def _signature(args):
         if isinstance(a, (bool, int, float, np.integer, np.floating)) and not isinstance(a, np.ndarray):
             sig.append(((), "float64"))
             continue
+        if isinstance(a, TensorOps):
+            raise OpError(f"argument {i} is a traced Tensor: gc.jit, gc.grad and "
+                          f"gc.value_and_grad cannot be called inside another traced function "
+                          f"or model (no nesting, no higher-order gradients); call them on "
+                          f"NumPy arrays")
         try:
             arr = np.asarray(a)
         except Exception:
-            raise DTypeError(f"argument {i}: cannot use a {type(a).__name__}") from None
+            hint = " (pass x.detach().cpu().numpy())" if type(a).__module__.startswith(
+                "torch") else ""
+            raise DTypeError(f"argument {i}: cannot use a {type(a).__module__}."
+                             f"{type(a).__name__}{hint}") from None
         if arr.dtype.kind in "iub":
             dt = "int64" if arr.dtype.kind in "iu" and arr.ndim else "float64"
         elif arr.dtype.kind == "f":

@@ -42,7 +42,7 @@ class TraceContext:
 
     def capture(self, value: np.ndarray, dtype: str | None = None) -> int:
         """The ``const`` input holding a copy of ``value`` (made on first use), in the
-        trace's float dtype or in ``dtype`` (``"int64"`` for indices)."""
+        trace's float dtype or in ``dtype`` (``"int64"`` for labels and indices)."""
         dtype = dtype or _trace_float_dtype(self.graph)
         hit = self.capture_ids.get((id(value), dtype))
         if hit is not None:
@@ -113,7 +113,9 @@ class TensorOps:
     def __pos__(self): return self._t()
 
     def __pow__(self, p):
-        if isinstance(p, (int, float)):
+        if isinstance(p, np.ndarray) and p.ndim == 0:
+            p = p.item()
+        if isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, bool):
             return self._t()._unary("pow", {"exponent": float(p)})
         raise ShapeError("only constant exponents are supported: x ** 2.0, not x ** tensor")
 
@@ -143,6 +145,16 @@ class TensorOps:
     def __ge__(self, o): return _binary("ge", self, o)
     def __lt__(self, o): return _binary("lt", self, o)
     def __le__(self, o): return _binary("le", self, o)
+
+    # elementwise, as in PyTorch and NumPy (a 0/1 mask), not object identity: without
+    # them `x == 1.0` was Python's False, baked into the graph as a constant
+    def __eq__(self, o):
+        return NotImplemented if o is None else _binary("eq", self, o)
+
+    def __ne__(self, o):
+        return NotImplemented if o is None else _binary("ne", self, o)
+
+    __hash__ = object.__hash__   # still usable as dict keys and in sets, by identity
 
     @property
     def shape(self): return self._t().type.shape
@@ -236,16 +248,21 @@ class TensorOps:
         return _functional().min(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
     def transpose(self, *perm):
+        """``x.transpose(dim0, dim1)`` swaps two dims, as in PyTorch; ``x.transpose()``
+        reverses the dims and ``x.transpose((2, 0, 1))`` permutes them, as in NumPy."""
         t = self._t()
-        if len(perm) == 2 and t.ndim != 2:      # torch's transpose(dim0, dim1)
+        if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+            perm = tuple(perm[0])
+        elif len(perm) == 2:
+            a, b = _dims(t, perm, "transpose")
             axes = list(range(t.ndim))
-            a, b = (p % t.ndim for p in perm)
             axes[a], axes[b] = axes[b], axes[a]
             perm = tuple(axes)
-        elif len(perm) == 1 and isinstance(perm[0], (tuple, list)):
-            perm = tuple(perm[0])
-        elif len(perm) == 2 and t.ndim == 2:
-            perm = (1, 0) if perm[0] % 2 != perm[1] % 2 else (0, 1)
+        if perm:
+            perm = _dims(t, perm, "permute")
+            if sorted(perm) != list(range(t.ndim)):
+                raise ShapeError(f"{_where(t)}permute{tuple(perm)} is not a permutation of the "
+                                 f"{t.ndim} dims of {format_shape(t.shape)}")
         return t._new("transpose", [t], {"perm": tuple(perm) if perm else None})
 
     def permute(self, *perm): return self.transpose(tuple(perm[0]) if len(perm) == 1 else perm)
@@ -265,8 +282,14 @@ class TensorOps:
     view = reshape
 
     def flatten(self, start_dim=0, end_dim=-1):
-        shape = self.shape
-        s, e = start_dim % len(shape), end_dim % len(shape)
+        t = self._t()
+        shape = t.shape
+        if not shape:                      # a 0-d tensor flattens to one element
+            return t.reshape((1,))
+        s, e = _dims(t, (start_dim, end_dim), "flatten")
+        if s > e:
+            raise ShapeError(f"{_where(t)}flatten: start_dim {start_dim} comes after end_dim "
+                             f"{end_dim} for shape {format_shape(shape)}")
         merged = shape[s:e + 1]
         if BATCH in merged and len(merged) > 1:
             raise ShapeError(f"cannot flatten the batch dimension of {format_shape(shape)} "
@@ -275,23 +298,35 @@ class TensorOps:
         return self.reshape(shape[:s] + (size,) + shape[e + 1:])
 
     def unsqueeze(self, dim):
-        shape = list(self.shape)
-        dim = dim % (len(shape) + 1)
+        t = self._t()
+        shape = list(t.shape)
+        (dim,) = _dims(t, (dim,), "unsqueeze", rank=len(shape) + 1)
         return self.reshape(tuple(shape[:dim] + [1] + shape[dim:]))
 
     def squeeze(self, dim=None):
-        shape = self.shape
+        """Drop dims of size 1: all of them, or those of ``dim`` (an int or a tuple) that
+        have size 1, as PyTorch."""
+        t = self._t()
+        shape = t.shape
         if dim is None:
             return self.reshape(tuple(d for d in shape if d != 1))
-        dim = dim % len(shape)
-        return self.reshape(shape[:dim] + shape[dim + 1:]) if shape[dim] == 1 else self._t()
+        if not shape:
+            _dims(t, dim if isinstance(dim, (tuple, list)) else (dim,), "squeeze", rank=1)
+            return t
+        drop = {d for d in _dims(t, dim if isinstance(dim, (tuple, list)) else (dim,),
+                                 "squeeze") if shape[d] == 1}
+        return self.reshape(tuple(d for i, d in enumerate(shape) if i not in drop)) if drop \
+            else t
 
     def expand(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         t = self._t()
-        full = tuple(t.shape[i - len(shape) + t.ndim] if d == -1 else d
-                     for i, d in enumerate(shape))
+        lead = len(shape) - t.ndim
+        if lead < 0 or any(d == -1 for d in shape[:lead]):
+            raise ShapeError(f"{_where(t)}expand{tuple(shape)}: {format_shape(t.shape)} needs "
+                             f"at least {t.ndim} sizes, and -1 (keep) only for its own dims")
+        full = tuple(t.shape[i - lead] if d == -1 else d for i, d in enumerate(shape))
         return t._new("broadcast_to", [t], {"shape": full})
 
     broadcast_to = expand
@@ -380,7 +415,8 @@ def _numpy_hint(name: str) -> str:
 # NumPy ufunc -> graph op, for ndarray (op) Tensor
 _OPERATOR_UFUNCS = {"add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div",
                     "divide": "div", "greater": "gt", "greater_equal": "ge", "less": "lt",
-                    "less_equal": "le", "matmul": None, "power": None}
+                    "less_equal": "le", "equal": "eq", "not_equal": "ne", "matmul": None,
+                    "power": None}
 
 
 def _where(t: "Tensor") -> str:
@@ -420,7 +456,14 @@ def as_tensor(value, like: Tensor | None = None) -> Tensor:
     if isinstance(value, tuple) and hasattr(value, "indices"):
         raise ShapeError("x.max(dim) and x.min(dim) give (values, indices), as in PyTorch: "
                          "take .values, or use x.amax(dim)")
-    raise ShapeError(f"cannot use a {type(value).__name__} in a graphc expression")
+    if isinstance(value, str) and value == BATCH:
+        raise ShapeError("the batch size (a shape entry 'N') is not known while tracing, so it "
+                         "cannot be used as a number: use gc.mean / x.mean instead of dividing "
+                         "a sum by x.shape[0]")
+    kind = type(value).__name__
+    if type(value).__module__.startswith("torch"):
+        kind = f"torch.{kind} (graphc traces NumPy arrays: use .detach().cpu().numpy())"
+    raise ShapeError(f"cannot use a {kind} in a graphc expression")
 
 
 def _trace_float_dtype(graph: Graph) -> str:
@@ -546,6 +589,20 @@ def getitem(t: Tensor, key) -> Tensor:
     full = all(r == (0, None, 1) or r == (0, d, 1) for r, d in zip(index, shape))
     out = t if full else t._new("slice", [t], {"index": tuple(index)})
     return out if tuple(out_shape) == out.shape else out.reshape(tuple(out_shape))
+
+
+def _dims(t: Tensor, dims, what: str, rank: int | None = None) -> tuple:
+    """``dims`` as non-negative ints below ``rank`` (default t's), negatives counted from
+    the end; out of range is a ShapeError, as PyTorch's IndexError (never wrapped)."""
+    rank = t.ndim if rank is None else rank
+    out = []
+    for d in dims:
+        if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or not -rank <= d < rank:
+            lo, hi = (-rank, rank - 1) if rank else (0, -1)
+            raise ShapeError(f"{_where(t)}{what}: dim {d!r} is out of range for shape "
+                             f"{format_shape(t.shape)} (expected in [{lo}, {hi}])")
+        out.append(int(d) % rank)
+    return tuple(out)
 
 
 def _is_index_array(k) -> bool:

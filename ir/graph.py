@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -29,6 +30,16 @@ from .types import TensorType, format_shape
 # const: an array a traced function closed over, captured when it was traced and passed by
 # the runner on every call (gc.jit bakes it in, like JAX, without putting data in the IR)
 INPUT_ROLES = ("data", "label", "param", "state", "hyper", "const")
+
+
+def _signed_zeros(attrs: tuple) -> tuple:
+    """``attrs`` for hash-consing: -0.0 == 0.0 in Python, but a constant -0.0 is not
+    0.0 (1 / -0.0 is -inf), so it is keyed apart."""
+    if not any(isinstance(v, float) and v == 0.0 and math.copysign(1.0, v) < 0
+               for _, v in attrs):
+        return attrs
+    return tuple((k, ("-0.0",) if isinstance(v, float) and v == 0.0
+                  and math.copysign(1.0, v) < 0 else v) for k, v in attrs)
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ class Graph:
         if opdef.arity is not None and len(args) != opdef.arity:
             raise GraphError(f"{op} takes {opdef.arity} operand(s), got {len(args)}")
         attr_tuple = opdef.normalize_attrs(attrs)
-        key = (op, attr_tuple, args)
+        key = (op, _signed_zeros(attr_tuple), args)
         existing = self._hashcons.get(key)
         if existing is not None and existing in self.nx:
             if name and not self.nx.nodes[existing].get("name"):
@@ -197,9 +208,12 @@ class Graph:
     def set_group(self, nid: int, group):
         self.nx.nodes[nid]["group"] = group
 
-    def _key(self, nid):
+    def structural_key(self, nid):
+        """``(op, attrs, operands)``: equal for nodes that compute the same value."""
         d = self.nx.nodes[nid]
-        return (d["op"], d["attrs"], d["args"])
+        return (d["op"], _signed_zeros(d["attrs"]), d["args"])
+
+    _key = structural_key
 
     def _unindex(self, nid):
         key = self._key(nid)

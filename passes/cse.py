@@ -24,7 +24,7 @@ def cse(graph):
         d = graph.nx.nodes[nid]
         if d["op"] == "input":
             continue
-        key = (d["op"], d["attrs"], d["args"])
+        key = graph.structural_key(nid)
         keep = seen.get(key)
         if keep is None:
             seen[key] = nid

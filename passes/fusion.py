@@ -193,6 +193,12 @@ def fusion(graph):
         gid = G.of.get(x)
         if gid is None or G.kind[gid] not in ("loop", "reduce_loop"):
             continue
+        if not g.users(n) and n not in g.outputs:
+            continue      # dead (dce not run): its result would have no buffer to go to
+        if g.op_of(x) in REDUCERS:
+            # a reduction over axes of extent 1 (keepdims) has its operand's shape, but
+            # its value is only ready after the loop: it cannot feed one in the same loop
+            continue
         if g.type_of(x).shape != _iter_shape(g, G.members[gid]):
             continue
         if G.members[gid] & aliased:

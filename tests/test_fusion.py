@@ -413,3 +413,17 @@ def test_a_bare_sum_of_a_long_run_reads_the_run_length_from_the_shape(hw, litera
     xv = np.random.default_rng(3).standard_normal((5, 4) + hw).astype(np.float32)
     np.testing.assert_allclose(exe.run({"x": xv})[0], interpret(g, {"x": xv})[0],
                                rtol=2e-6, atol=1e-7)
+
+
+def test_a_dead_reduction_is_not_fused():
+    """Without dce first (the fuzzer's pass subsets), a reduction nobody reads joined its
+    operand's loop, and the kernel wrote it to a buffer that was never planned."""
+    from graphc.passes.fusion import fusion
+    g = Graph("dead")
+    x = g.add_input(TensorType((3, 4), "float64"), "x")
+    a = g.add("abs", [x])
+    g.add("reduce_max", [a], {"axes": (1,), "keepdims": False})
+    g.set_outputs([a])
+    fusion(g)
+    v = -np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(compile_graph(g).run({"x": v})[0], np.abs(v))

@@ -62,7 +62,8 @@ class Parameter(TensorOps):
             return Tensor(ctx.graph, ctx.bound[id(self)])
         except KeyError:
             raise ShapeError("a Parameter that is not registered on the traced model was used "
-                             "(assign it as a module attribute)") from None
+                             "(assign it as a module attribute; to run a gc.nn module, compile "
+                             "it with gc.compile: gc.jit traces functions of arrays)") from None
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape})"

@@ -107,14 +107,16 @@ binary("mul", np.multiply, "({0} * {1})", _mul_vjp, doc="x * y")
 binary("div", np.divide, "({0} / {1})", _div_vjp,
        samples=tuple(Sample(s.shapes, domains=("real", "nonzero")) for s in _BIN_SAMPLES),
        doc="x / y")
-# CUDA spellings avoid the builtin max/min (see graphc.ir.ops._cuda.maximum)
-binary("maximum", np.maximum, "max({0}, {1})", _minmax_vjp("gt"), doc="max(x, y)",
-       cuda_expr=lambda args, a, lit: _cuda.maximum(*args))
-binary("minimum", np.minimum, "min({0}, {1})", _minmax_vjp("lt"), doc="min(x, y)",
-       cuda_expr=lambda args, a, lit: _cuda.minimum(*args))
+# conditional expressions, not the builtin max/min: those drop a NaN second operand
+# (max(1.0, nan) is 1.0) where np.maximum and torch.maximum give NaN; the same text
+# compiles for CUDA (graphc.ir.ops._cuda.maximum)
+binary("maximum", np.maximum, lambda args, a, lit: _cuda.maximum(*args), _minmax_vjp("gt"),
+       doc="max(x, y); NaN if either is NaN")
+binary("minimum", np.minimum, lambda args, a, lit: _cuda.minimum(*args), _minmax_vjp("lt"),
+       doc="min(x, y); NaN if either is NaN")
 for _name, _fn, _op in (("gt", np.greater, ">"), ("ge", np.greater_equal, ">="),
                         ("lt", np.less, "<"), ("le", np.less_equal, "<="),
-                        ("eq", np.equal, "==")):
+                        ("eq", np.equal, "=="), ("ne", np.not_equal, "!=")):
     binary(_name, _fn,
            (lambda op: lambda args, a, lit: f"({lit(1.0)} if {args[0]} {op} {args[1]} else {lit(0.0)})")(_op),
            None, differentiable=False,

@@ -158,7 +158,7 @@ register(OpDef(
     name="reduce_max", infer=_infer("reduce_max"), kind=FusionKind.REDUCTION, arity=1,
     impl=lambda xs, a, shape: np.asarray(np.max(xs[0], axis=a["axes"], keepdims=a["keepdims"]),
                                          dtype=xs[0].dtype),
-    kernel=reduction_kernel(lambda acc, v: f"max({acc}, {v})", lambda ctx: "-np.inf"),
+    kernel=reduction_kernel(_cuda.maximum, lambda ctx: "-np.inf"),   # NaN-propagating
     cuda_kernel=cuda_reduction(_cuda.maximum, lambda ctx: ctx.lit(float("-inf"))),
     vjp=_max_vjp, attrs=dict(_ATTRS), samples=_SAMPLES,
     doc="Maximum over axes; ties share the gradient (like torch.amax)."))
