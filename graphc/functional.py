@@ -207,8 +207,12 @@ def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None
     >>> float(gc.jit(lambda x: gc.std(x, correction=0))(np.array([1.0, 3.0])))
     1.0
     """
-    return sqrt(var(x, dim, unbiased, keepdim, correction=correction, axis=axis,
-                    keepdims=keepdims))
+    v = var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims)
+    # where the variance is 0, sqrt's derivative is infinite and times the zero deviations
+    # gives NaN; PyTorch gives such slices a zero gradient. The inner where keeps the
+    # untaken branch's gradient finite (JAX's double-where).
+    zero = v == 0.0                      # (NaN stays NaN: it is not 0)
+    return where(zero, 0.0, sqrt(where(zero, 1.0, v)))
 
 
 def logsumexp(x, dim, keepdim=False):

@@ -220,6 +220,56 @@ class TensorOps:
             raise DTypeError(f"{_where(t)}astype: {exc}") from None
         return _cast(t, name)
 
+    # --- PyTorch's small methods -------------------------------------------------
+    def detach(self):
+        """This value with no gradient flowing back through it (torch's detach)."""
+        t = self._t()
+        return t._new("stop_gradient", [t])
+
+    def clone(self): return self._t()           # values are immutable in a trace
+    def contiguous(self): return self._t()
+
+    def t(self):
+        """``torch.t``: the transpose of a tensor of at most 2 dims."""
+        t = self._t()
+        if t.ndim > 2:
+            raise ShapeError(f"{_where(t)}t() expects at most 2 dims, got "
+                             f"{format_shape(t.shape)} (use transpose(dim0, dim1) or .mT)")
+        return t.transpose() if t.ndim == 2 else t
+
+    @property
+    def mT(self):  # noqa: N802 (torch's name)
+        """The last two dims swapped (batches of matrices transposed)."""
+        return self._t().transpose(-2, -1)
+
+    def numel(self):
+        t = self._t()
+        if BATCH in t.shape:
+            raise ShapeError(f"{_where(t)}numel() of {format_shape(t.shape)}: the batch "
+                             f"dimension has no size while tracing")
+        return int(np.prod(t.shape, dtype=np.int64))
+
+    def item(self):
+        raise ShapeError(f"{_where(self._t())}item(): a traced value has no number yet (it "
+                         f"is computed when the compiled function runs); return it instead")
+
+    def sign(self): return self._t()._unary("sign")
+    def reciprocal(self): return 1.0 / self._t()
+    def rsqrt(self): return self._t() ** -0.5
+    def softplus(self): return self._t()._unary("softplus")
+    def add(self, other, alpha=1): return self + (other if alpha == 1 else other * alpha)
+    def sub(self, other, alpha=1): return self - (other if alpha == 1 else other * alpha)
+    def mul(self, other): return self * other
+    def div(self, other): return self / other
+    def maximum(self, other): return _functional().maximum(self, other)
+    def minimum(self, other): return _functional().minimum(self, other)
+    def clamp_min(self, min): return _functional().clamp(self, min, None)  # noqa: A002
+    def clamp_max(self, max): return _functional().clamp(self, None, max)  # noqa: A002
+
+    def masked_fill(self, mask, value):
+        """``value`` where ``mask`` is nonzero (a 0/1 mask or comparison), else self."""
+        return where(mask, value, self)
+
     def float(self): return self.astype("float32")     # PyTorch's spellings
     def double(self): return self.astype("float64")
     def long(self): return self.astype("int64")

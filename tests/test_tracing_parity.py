@@ -104,3 +104,34 @@ def test_negative_zero_is_its_own_constant():
     """-0.0 == 0.0 in Python, so hash-consing merged the constants: 1 / -0.0 gave inf."""
     got = gc.jit(lambda a: 1.0 / gc.where(a > 0, 0.0, -0.0))(np.array([1.0, -1.0]))
     np.testing.assert_array_equal(got, [np.inf, -np.inf])
+
+
+def _methods(a):
+    """PyTorch's small Tensor methods; the same code runs on torch tensors."""
+    return ((a.detach() * a).sum() + a.t().sum() + 2.0 * a.mT.sum() + a.reciprocal().sum()
+            + a.clamp_min(0.0).sum() + a.clamp_max(1.0).sum() + a.masked_fill(a > 1, 0.0).sum()
+            + a.add(a, alpha=2).sum() + a.sub(a.mul(3.0)).div(2.0).sum() + a.rsqrt().abs().sum()
+            + a.clone().contiguous().exp().sum())
+
+
+def test_small_tensor_methods_match_autograd():
+    torch = pytest.importorskip("torch")
+    x = np.array([[1.0, 2.5, 3.0], [0.5, 2.0, 1.5]])
+    value, grad = gc.value_and_grad(_methods)(x)
+    xt = torch.tensor(x, requires_grad=True)
+    want = _methods(xt)
+    want.backward()
+    assert value == pytest.approx(want.item(), rel=1e-12)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-12)
+    assert gc.jit(lambda a: a.numel() * a.sign())(x).max() == 6.0
+    with pytest.raises(gc.ShapeError, match="item"):
+        gc.jit(lambda a: a.sum().item())(x)
+
+
+def test_std_has_a_zero_gradient_where_the_variance_is_zero():
+    """sqrt's infinite derivative at 0 times zero deviations was NaN; PyTorch gives 0."""
+    x = np.array([[1.0, 1.0, 1.0], [1.0, 3.0, 2.0], [1.0, NAN, 2.0]])
+    value, grad = gc.value_and_grad(lambda a: a.std(1).sum())(x)
+    np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(grad[1], [-0.5, 0.5, 0.0], atol=1e-12)
+    assert np.isnan(value) and np.isnan(grad[2]).all()     # NaN in, NaN out

@@ -280,6 +280,8 @@ unary("abs", np.abs, "abs({0})", _abs_vjp, domain="nonzero", doc="|x|")
 unary("sign", np.sign, lambda args, a, lit: (f"({lit(1.0)} if {args[0]} > 0 else "
                                              f"({lit(-1.0)} if {args[0]} < 0 else {lit(0.0)}))"),
       None, differentiable=False, doc="-1, 0 or 1")
+unary("stop_gradient", lambda x: x, "{0}", None, differentiable=False,
+      doc="x, with no gradient flowing back through it (x.detach(), jax.lax.stop_gradient)")
 unary("pow", _pow_impl, _pow_scalar, _pow_vjp, attrs={"exponent": 2.0},
       samples=(Sample(shapes=((3, 4),), attrs={"exponent": 2.0}),
                Sample(shapes=((3, 4),), attrs={"exponent": 3.0}),
