@@ -30,6 +30,8 @@ KERNEL_FLAGS = "nogil=True, error_model='numpy', boundscheck=False, inline='alwa
 
 def literal(value, dtype: str) -> str:
     """Source text for a constant of ``dtype``: ``np.float32(0.5)``, ``-np.inf``."""
+    if dtype == "int64":
+        return f"np.int64({int(value)})"      # exact: no detour through a float
     v = float(value)
     if math.isnan(v):
         text = "np.nan"

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, metavar="N", help="batch size (default: the spec's)")
     p.add_argument("--steps", type=int, default=30, metavar="N",
                    help="timed steps per variant (default: 30)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random batch (>= 0)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train on a bundled data set; checkpoint + loss curve",
@@ -271,6 +271,16 @@ def cmd_train(args, out):
 
 
 # ---------------------------------------------------------------- entry point
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     """Run ``graphc`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()

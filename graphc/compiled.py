@@ -17,7 +17,6 @@ import threading
 import time
 from collections import OrderedDict
 
-import networkx as nx
 import numpy as np
 
 from graphc.ir import (BATCH, CompileError, Graph, InputError, OpError, ShapeError, TensorType,
@@ -211,8 +210,13 @@ class CompiledModel:
                                      f"{format_shape(loss.shape)}")
                 outputs, names = [loss.id], ["loss"]
                 if kind in ("gradients", "train"):
-                    learned = self._learned(g, loss.id, params)
-                    grads = add_gradients(g, loss.id, [pid for _, pid in learned])
+                    trainable = self._trainable(params)
+                    grads = add_gradients(g, loss.id, [pid for _, pid in trainable],
+                                          unreached=None)
+                    # PyTorch leaves the grad of a parameter no gradient reaches None,
+                    # and its optimizers skip it: no weight decay, no state, no change
+                    learned = [p for p, gid in zip(trainable, grads) if gid is not None]
+                    grads = [gid for gid in grads if gid is not None]
                     grads = transform_gradients(g, [(n, pid, gid) for (n, pid), gid in
                                                     zip(learned, grads)], **self.grad_transform)
                     if kind == "gradients":
@@ -248,14 +252,11 @@ class CompiledModel:
         raise OpError("a compiled model's optimizer is part of its training step: compile "
                       "again to use another (its lr can change: m.optimizer.lr = ...)")
 
-    def _learned(self, g, loss, params):
-        """The ``(name, input)`` of the parameters training updates: those whose
-        ``requires_grad`` was set when compiled and that the loss uses. PyTorch leaves
-        the others' ``grad`` None, so its optimizers skip them: no weight decay, no
-        momentum or Adam state, no change at all."""
-        uses = nx.ancestors(g.nx, loss)
+    def _trainable(self, params):
+        """The ``(name, input)`` of the parameters whose ``requires_grad`` was set when
+        compiled (PyTorch's way of freezing one)."""
         frozen = {n for n, p in self.module.named_parameters() if not p.requires_grad}
-        return [(n, pid) for n, pid in params if n not in frozen and pid in uses]
+        return [(n, pid) for n, pid in params if n not in frozen]
 
     def _choose_input_major(self) -> frozenset:
         """Names of the weights the graphs hold input-major, ``(in, out)``, instead of

@@ -32,7 +32,7 @@ from .tracing import TensorOps, trace_function
 def _signature(args):
     sig = []
     for i, a in enumerate(args):
-        if isinstance(a, (bool, int, float, np.integer, np.floating)) and not isinstance(a, np.ndarray):
+        if isinstance(a, (bool, int, float, np.floating)) and not isinstance(a, np.ndarray):
             sig.append(((), "float64"))
             continue
         if isinstance(a, TensorOps):
@@ -48,7 +48,9 @@ def _signature(args):
             raise DTypeError(f"argument {i}: cannot use a {type(a).__module__}."
                              f"{type(a).__name__}{hint}") from None
         if arr.dtype.kind in "iub":
-            dt = "int64" if arr.dtype.kind in "iu" and arr.ndim else "float64"
+            # an integer array, 0-d included (np.int64(2), an index), stays int64; Python
+            # ints are numbers like floats (the scalar branch above)
+            dt = "int64" if arr.dtype.kind in "iu" else "float64"
         elif arr.dtype.kind == "f":
             dt = dtype_name(arr.dtype) if arr.dtype in (np.float32, np.float64) else "float64"
         else:

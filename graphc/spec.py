@@ -27,6 +27,7 @@ spec: the class (a gc.nn.Module) is built with no arguments, and class attribute
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -34,7 +35,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from graphc.ir import SpecError
+from graphc.ir import GraphcError, SpecError
 
 from .nn.module import Module
 
@@ -153,7 +154,8 @@ class ModelSpec:
         import graphc as gc
         gc.manual_seed(self.seed)
         if self.module_factory is not None:
-            return self.module_factory()
+            with self._user_code("building it"):
+                return self.module_factory()
         modules, shape = _build_layers(self, self.layers, tuple(self.input_shape), "layers")
         return gc.nn.Sequential(*modules)
 
@@ -192,8 +194,27 @@ class ModelSpec:
         """``gc.compile`` of this spec (loss and optimizer included when set)."""
         import graphc as gc
         opt = self.make_optimizer() if (with_optimizer and self.loss) else None
-        return gc.compile(self.build(), input_shape=(None, *self.input_shape), loss=self.loss,
-                          optimizer=opt, target=target, fuse=fuse, dtype=self.dtype)
+        module = self.build()
+        with self._user_code("tracing its forward"):
+            return gc.compile(module, input_shape=(None, *self.input_shape), loss=self.loss,
+                              optimizer=opt, target=target, fuse=fuse, dtype=self.dtype)
+
+    @contextlib.contextmanager
+    def _user_code(self, doing):
+        """For a ``file.py:Class`` spec, errors of the user's class name the spec: graphc's
+        own errors get the spec as a prefix, anything else the class and what failed."""
+        if self.module_factory is None:
+            yield
+            return
+        try:
+            yield
+        except GraphcError as exc:
+            if str(exc).startswith(self.source):
+                raise
+            raise type(exc)(f"{self.source}: {exc}") from None
+        except Exception as exc:   # the user's __init__ or forward raised
+            raise SpecError(f"{self.source}: {doing} failed: {type(exc).__name__}: "
+                            f"{exc}") from None
 
     def output_shape(self):
         if self.module_factory is not None:

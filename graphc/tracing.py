@@ -266,6 +266,9 @@ class TensorOps:
     def clamp_min(self, min): return _functional().clamp(self, min, None)  # noqa: A002
     def clamp_max(self, max): return _functional().clamp(self, None, max)  # noqa: A002
 
+    def index_select(self, dim, index):
+        return _functional().index_select(self, dim, index)
+
     def masked_fill(self, mask, value):
         """``value`` where ``mask`` is nonzero (a 0/1 mask or comparison), else self."""
         return where(mask, value, self)
@@ -670,6 +673,9 @@ def _index_tensor(t: Tensor, k, axis_extent) -> Tensor:
                              f"which graphc cannot shape: use gc.where; for indices, .long())")
         return k
     arr = np.asarray(k)
+    if arr.size == 0:
+        raise ShapeError(f"{_where(t)}an empty index selects nothing: graphc tensors have no "
+                         f"empty axes")
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise ShapeError(f"{_where(t)}indices must be integers, got an array of dtype "
                          f"{arr.dtype} (boolean masks select a data-dependent number of "

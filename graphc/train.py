@@ -54,9 +54,15 @@ def train_spec(spec, data="digits", epochs=10, batch=None, out_dir="runs", targe
           f"batch {batch}, {epochs} epochs, {model.optimizer!r}", file=out)
     bar = tqdm(range(epochs), desc=spec.name, unit="epoch", file=sys.stderr,
                disable=None, leave=False)
+    # batch norm needs two samples per training batch: a shorter last batch is skipped
+    min_batch = model._graph("train").meta.get("min_batch", 0)
+    if 0 < len(xtr) % batch < min_batch:
+        print(f"note: the last batch of {len(xtr) % batch} sample(s) is skipped each epoch "
+              f"(batch norm needs {min_batch} in training)", file=out)
     for epoch in bar:
         losses = [model.train_step(xb, yb)
-                  for xb, yb in gc.datasets.batches(xtr, ytr, batch, rng=rng)]
+                  for xb, yb in gc.datasets.batches(xtr, ytr, batch, rng=rng)
+                  if len(xb) >= min_batch]
         history.append(float(np.mean(losses)))
         if not math.isfinite(history[-1]):
             raise gc.NumericError(f"epoch {epoch + 1}: the training loss is {history[-1]}; "

@@ -171,6 +171,9 @@ def fit(model, X, y, epochs: int = 1, batch_size: int = 32, shuffle: bool = True
             raise InputError("fit: validation_data must be a pair (X_val, y_val)")
         _check_data(*validation_data, model, what="validation_data")
     n = len(X) - len(X) % batch_size if drop_last else len(X)
+    if n == 0:
+        raise InputError(f"fit: drop_last with batch_size {batch_size} leaves no batch of the "
+                         f"{len(X)} samples")
     min_batch = model._graph("train").meta.get("min_batch", 0)
     if 0 < n % batch_size < min_batch:
         raise InputError(f"fit: {len(X)} samples in batches of {batch_size} leave a last batch "

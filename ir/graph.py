@@ -127,8 +127,16 @@ class Graph:
         return nid
 
     def constant(self, value: float, dtype: str, shape: tuple = ()) -> int:
-        """A tensor of ``shape`` filled with ``value`` (rank 0 by default)."""
-        return self.add("constant", [], {"value": float(value), "shape": tuple(shape),
+        """A tensor of ``shape`` filled with ``value`` (rank 0 by default); an int64 one
+        keeps an exact Python int (a float holds integers exactly only below 2**53)."""
+        if dtype == "int64":
+            value = int(value)
+            if not -2 ** 63 <= value < 2 ** 63:
+                raise ShapeError(f"the integer constant {value} does not fit in int64 "
+                                 f"(range -2**63 .. 2**63 - 1)")
+        else:
+            value = float(value)
+        return self.add("constant", [], {"value": value, "shape": tuple(shape),
                                          "dtype": dtype})
 
     def set_outputs(self, outputs, names=None):

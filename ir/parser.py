@@ -30,7 +30,7 @@ _HEADER = re.compile(r"graph\s+(.*?)\s*\{")
 _NODE = re.compile(r"%(\d+)\s*:\s*(\w+\[[^\]]*\])\s*=\s*(\w+)")
 _ALIAS = re.compile(r"alias\s+output\s+(\d+)\s*->\s*input\s+(\d+)")
 _META = re.compile(r"meta\s+([A-Za-z_]\w*)\s*=\s*(.+)")
-_GROUP = re.compile(r"(?:^|\s)@k(\S+)$")
+_GROUP = re.compile(r"(?:^|\s)@k([^\s'\"]+)$")   # not inside a quoted name
 _TOKEN = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,\s]+""")
 _NAMES = {"inf": math.inf, "nan": math.nan, "True": True, "False": False, "None": None}
 _NP_SCALARS = ("float32", "float64", "int64", "int32", "bool_")
@@ -146,7 +146,9 @@ class _Parser:
                 if str(exc).startswith(f"{self.source}:"):
                     raise
                 raise self.fail(str(exc), type(exc)) from None
-            except (ValueError, SyntaxError) as exc:
+            except (ValueError, SyntaxError, TypeError) as exc:
+                # TypeError: an attribute of the wrong kind reaching an op's shape rule
+                # (axes=1 where a tuple is meant)
                 raise self.fail(f"{exc}: {line!r}") from None
         if not closed:
             raise GraphError(f"{self.source}: missing closing '}}'")
@@ -249,4 +251,7 @@ class _Parser:
 
 def parse_graph(text: str, source: str = "<ir>") -> Graph:
     """Parse the text form printed by :func:`format_graph`; errors name ``source:line``."""
+    if not isinstance(text, str):
+        raise GraphError(f"{source}: parse_graph needs the IR text as a str, got "
+                         f"{type(text).__name__}")
     return _Parser(text, source).parse()

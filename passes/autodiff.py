@@ -17,11 +17,14 @@ import networkx as nx
 from graphc.ir import GraphError, get_op
 
 
-def add_gradients(graph, output: int, wrt: list[int], seed: int | None = None) -> list[int]:
+def add_gradients(graph, output: int, wrt: list[int], seed: int | None = None,
+                  unreached=0.0) -> list[int]:
     """Add d(output)/d(w) for each ``w`` in ``wrt`` to ``graph`` and return their ids.
 
     ``output`` is usually a rank-0 loss; ``seed`` (default: ones) is the cotangent of
-    ``output``. An input that ``output`` does not depend on gets a zero gradient.
+    ``output``. An input no gradient reaches (``output`` does not depend on it, or only
+    through comparisons, argmax, detach, a where's condition) gets a zero gradient, or
+    None with ``unreached=None`` (PyTorch's ``grad is None``).
     """
     out_type = graph.type_of(output)
     if seed is None:
@@ -57,7 +60,9 @@ def add_gradients(graph, output: int, wrt: list[int], seed: int | None = None) -
     for w in wrt:
         if w in adjoint:
             result.append(adjoint[w])
+        elif unreached is None:
+            result.append(None)
         else:
             t = graph.type_of(w)
-            result.append(graph.constant(0.0, t.dtype, t.shape))
+            result.append(graph.constant(unreached, t.dtype, t.shape))
     return result

@@ -107,3 +107,18 @@ def test_model_matches_pytorch(fuse=True):
     for name, p in tnet.named_parameters():
         np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-8, atol=1e-12,
                                    err_msg=name)
+
+
+def test_dropout_seed_keeps_advancing_in_float32():
+    """The seed buffer has the model's dtype: in float32, seed + 1 == seed from 2**24 on,
+    which would give every later step the same mask; it wraps to 0 there instead."""
+    net = gc.nn.Sequential(gc.nn.Linear(3, 3), gc.nn.Dropout(0.5))
+    m = gc.compile(net, input_shape=(None, 3), loss="mse", optimizer=gc.optim.SGD(lr=0.0))
+    x, y = np.ones((2, 3)), np.zeros((2, 3))
+    for start, want in ((5.0, [6.0, 7.0]), (2.0 ** 24 - 2, [2.0 ** 24 - 1, 0.0])):
+        m.load_parameters({"1.seed": np.array(start)}, strict=False)
+        seen = []
+        for _ in range(2):
+            m.train_step(x, y)
+            seen.append(float(m.buffers()["1.seed"]))
+        assert seen == want

@@ -205,3 +205,24 @@ def test_real_subprocess(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr == "graphc: error: missing.json: no such file\n"
+
+
+def test_errors_of_a_python_spec_name_it(capsys, tmp_path):
+    """The user's own class failing is not 'an internal error' of graphc."""
+    (tmp_path / "models.py").write_text(
+        "import graphc as gc\n"
+        "class Raises(gc.nn.Module):\n"
+        "    input_shape = (4,)\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError('boom in forward')\n"
+        "class NeedsArgs(gc.nn.Module):\n"
+        "    input_shape = (4,)\n"
+        "    def __init__(self, n):\n"
+        "        super().__init__()\n")
+    spec = tmp_path / "models.py"
+    code, _, err = run(capsys, "dump", f"{spec}:Raises")
+    assert code == 1 and "models.py:Raises: tracing its forward failed: RuntimeError: boom" in err
+    code, _, err = run(capsys, "dump", f"{spec}:NeedsArgs")
+    assert code == 1 and "NeedsArgs: building it failed: TypeError" in err
+    code, _, err = run(capsys, "bench", MLP, "--seed", "-5")
+    assert code == 2 and "--seed: must be an int >= 0" in err

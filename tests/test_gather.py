@@ -137,3 +137,18 @@ def test_an_index_computed_out_of_range_is_an_error():
     with pytest.raises(gc.InputError, match="computed in the graph is out of range for "
                                             "axis 0 of extent 4"):
         f(X, np.array([0, 2]))
+
+
+def test_one_element_gathers_and_integer_scalars():
+    """A gather of one element has a 0-d result (the flat[argmax] idiom); a 0-d integer
+    argument is an int64 index, as in NumPy and PyTorch."""
+    got = gc.jit(lambda x, i: (x.reshape(-1)[x.argmax()], gc.take(x[0], 2, 0), x[i],
+                               x.index_select(1, IDX[1])))(X, np.int64(2))
+    np.testing.assert_array_equal(got[0], X.max())
+    np.testing.assert_array_equal(got[1], X[0, 2])
+    np.testing.assert_array_equal(got[2], X[2])
+    np.testing.assert_array_equal(got[3], X[:, IDX[1]])
+    grad = gc.grad(lambda x: x.reshape(-1)[x.argmax()] * 3.0)(X)
+    want = np.zeros_like(X)
+    want.flat[X.argmax()] = 3.0
+    np.testing.assert_array_equal(grad, want)

@@ -84,3 +84,14 @@ def test_gradients_pass_through_float_conversions():
 def test_unsupported_conversions_name_the_input():
     with pytest.raises(gc.ir.DTypeError, match="input 'v': astype: unsupported dtype float16"):
         gc.jit(lambda v: v.astype("float16"))(np.ones(2))
+
+
+def test_integer_constants_are_exact_beyond_two_to_the_53():
+    """Constants went through a float: 2**53 + 1 lost its 1, 2**63 - 1 wrapped."""
+    x = np.array([1, 0, -1])
+    got = gc.jit(lambda a: (a + (2 ** 53 + 1), a * (2 ** 63 - 1), a + 123456789012345678))(x)
+    want = (x + (2 ** 53 + 1), x * (2 ** 63 - 1), x + 123456789012345678)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(gc.ShapeError, match="does not fit in int64"):
+        gc.jit(lambda a: a + 2 ** 63)(x)

@@ -115,3 +115,26 @@ def test_json_is_node_link(model):
     assert data["graph"]["inputs"] == g.inputs and data["graph"]["outputs"] == g.outputs
     node = {n["id"]: n for n in data["nodes"]}[g.inputs[0]]
     assert node["op"] == "input" and node["shape"] == ["N", 4] and node["dtype"] == "float64"
+
+
+def test_attributes_of_the_wrong_kind_are_graph_errors_with_the_line():
+    head = "graph g {\n  %0: f64[N, 2] = input[role='data']  # x\n"
+    for body in ("%1: f64[N, 2] = reshape(%0)[shape=None]",
+                 "%1: f64[N] = reduce_sum(%0)[axes=1, keepdims=False]",
+                 "%1: f64[] = constant[dtype='float64', shape=3, value=1.0]"):
+        with pytest.raises(GraphError, match="<ir>:3: "):
+            parse_graph(head + f"  {body}\n  return %1\n}}")
+    with pytest.raises(GraphError, match="needs the IR text as a str"):
+        parse_graph(None)
+
+
+def test_a_name_holding_a_group_marker_round_trips():
+    """' @k1' inside a quoted name was read as the kernel group of the line."""
+    g = Graph("g")
+    x = g.add_input(TensorType((2,), "float64"), "fc @k1.x")
+    y = g.add("exp", [x], name="fc @k1.weight")
+    g.set_group(y, 3)
+    g.set_outputs([y])
+    back = parse_graph(format_graph(g))
+    assert format_graph(back) == format_graph(g)
+    assert back.nx.nodes[back.outputs[0]]["name"] == "fc @k1.weight"

@@ -135,3 +135,15 @@ def test_std_has_a_zero_gradient_where_the_variance_is_zero():
     np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])
     np.testing.assert_allclose(grad[1], [-0.5, 0.5, 0.0], atol=1e-12)
     assert np.isnan(value) and np.isnan(grad[2]).all()     # NaN in, NaN out
+
+
+def test_max_pooling_keeps_nan_and_routes_its_gradient_to_the_first_one():
+    x = np.array([[1, NAN, 3, -2], [0.5, 2, -np.inf, np.inf], [NAN, NAN, 1, 1],
+                  [0, 1, 2, 3]], dtype=float).reshape(1, 1, 4, 4)
+    pool = gc.nn.functional.max_pool2d
+    np.testing.assert_array_equal(gc.jit(lambda a: pool(a, 2))(x).ravel(),
+                                  [NAN, np.inf, NAN, 3.0])
+    grad = gc.grad(lambda a: pool(a, 2).sum())(x).reshape(4, 4)
+    want = np.zeros((4, 4))
+    want[0, 1] = want[1, 3] = want[2, 0] = want[3, 3] = 1.0    # PyTorch's too
+    np.testing.assert_array_equal(grad, want)

@@ -181,3 +181,32 @@ def test_schedules_step_as_pytorch(case):
         for s in ref:
             s.step()
         assert ours.lr == pytest.approx(theirs.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+
+
+def test_a_parameter_reached_only_through_a_comparison_is_left_alone():
+    """No gradient crosses a comparison, argmax, detach or a where's condition: PyTorch
+    leaves such a parameter's grad None, so weight decay does not move it either."""
+    class Gated(G.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = G.Linear(4, 2)
+            self.gate = G.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(x) * (self.gate.weight.sum() > -100.0) + self.gate.bias.detach().sum()
+
+    net = Gated()
+    before = {n: p.data.copy() for n, p in net.named_parameters()}
+    m = _compile(net, loss="mse", opt=gc.optim.SGD(lr=0.1, weight_decay=0.5))
+    x, y = X[:4], np.zeros((4, 2))
+    assert sorted(m.gradients(x, y)) == ["a.bias", "a.weight"]
+    m.train_step(x, y)
+    after = m.parameters()
+    for name in ("gate.weight", "gate.bias"):
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+def test_fit_drop_last_with_too_few_samples_is_an_error():
+    m = _compile(G.Linear(4, 2))
+    with pytest.raises(gc.InputError, match="drop_last with batch_size 8 leaves no batch"):
+        gc.fit(m, X[:3], Y[:3], batch_size=8, drop_last=True, progress=False)

@@ -203,7 +203,11 @@ class Dropout(_Layer):
 
     def forward(self, x):
         if self.training and 0.0 < self.p < 1.0:
-            self.seed.update(self.seed._t() + 1.0)
+            # the buffer has the model's dtype: in float32 integers are exact below
+            # 2**24 only, where seed + 1 == seed would give every later step one mask;
+            # wrapping there gives 2**24 distinct masks before they repeat
+            nxt = self.seed._t() + 1.0
+            self.seed.update(F.where(nxt >= 2.0 ** 24, nxt - 2.0 ** 24, nxt))
         with self._named_errors():
             return F.dropout(x, self.p, self.training, seed=self.seed)
 

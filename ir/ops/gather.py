@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import InputError, ShapeError
 from ..registry import REQUIRED, FusionKind, OpDef, Sample, register
 from ..types import BATCH, TensorType, format_shape
 from . import _cuda
@@ -49,7 +49,7 @@ def _check_values(idx, extent, negative, what):
     lo = -extent if negative else 0
     bad = idx[(idx < lo) | (idx >= extent)]
     if bad.size:
-        raise IndexError(f"{what}: index {int(bad.flat[0])} is out of range for extent "
+        raise InputError(f"{what}: index {int(bad.flat[0])} is out of range for extent "
                          f"{extent} (valid {lo}..{extent - 1})")
 
 
@@ -73,8 +73,13 @@ def _loop_names(ctx, x_rank, idx_rank, axis):
     return lead, inner, trail
 
 
+def _subscript(names) -> str:
+    """Index text; a 0-d array (a gather of one element) is indexed ``[()]``."""
+    return ", ".join(names) if names else "()"
+
+
 def _read_index(ctx, idx, inner, extent, negative, ind, on_bad):
-    ctx.emit(f"{ind}r = {idx}[{', '.join(inner) if inner else '()'}]")
+    ctx.emit(f"{ind}r = {idx}[{_subscript(inner)}]")
     if negative:
         ctx.emit(f"{ind}if r < 0:")
         ctx.emit(f"{ind}    r += {extent}")
@@ -102,7 +107,7 @@ def _take_kernel(ctx):
                 f"raise IndexError('take: an index computed in the graph is out of range "
                 f"for axis {axis} of extent {extent}')")
     ind = _nest(ctx, trail, [f"{x}.shape[{axis + 1 + k}]" for k in range(len(trail))], ind)
-    ctx.emit(f"{ind}{out}[{', '.join(lead + inner + trail)}] = "
+    ctx.emit(f"{ind}{out}[{_subscript(lead + inner + trail)}] = "
              f"{x}[{', '.join(lead + ['r'] + trail)}]")
 
 
@@ -136,7 +141,8 @@ register(OpDef(
                     domains=("real", "labels:6"), batch_dims=(0, None)),
              Sample(shapes=((7, 2, 3), (4, 2)), domains=("real", "labels:7"),
                     batch_dims=(None, 0)),
-             Sample(shapes=((3, 5), ()), attrs={"axis": 1}, domains=("real", "labels:5"))),
+             Sample(shapes=((3, 5), ()), attrs={"axis": 1}, domains=("real", "labels:5")),
+             Sample(shapes=((5,), ()), domains=("real", "labels:-5:5"))),   # one element
     doc="np.take(x, idx, axis): x's axis replaced by idx's axes (x[idx], embeddings)"))
 
 
@@ -177,7 +183,7 @@ def _take_grad_kernel(ctx):
                 f"range for axis {axis} of extent {size}')")
     ind = _nest(ctx, trail, [f"{out}.shape[{axis + 1 + k}]" for k in range(len(trail))], ind)
     ctx.emit(f"{ind}{out}[{', '.join(lead + ['r'] + trail)}] += "
-             f"{g}[{', '.join(lead + inner + trail)}]")
+             f"{g}[{_subscript(lead + inner + trail)}]")
 
 
 def _take_grad_cuda(ctx):
@@ -217,6 +223,7 @@ register(OpDef(
              Sample(shapes=((4, 2, 3), (2, 3)), attrs={"axis": 1, "size": 5, "negative": False},
                     domains=("real", "labels:5"), batch_dims=(0, None)),
              Sample(shapes=((3, 5), ()), attrs={"axis": 1, "size": 2},
-                    domains=("real", "labels:2"))),
+                    domains=("real", "labels:2")),
+             Sample(shapes=((), ()), attrs={"size": 3}, domains=("real", "labels:3"))),
     doc="the gradient of take: zeros of the operand's shape, each gradient slice added into "
         "the row its index names (np.add.at)"))

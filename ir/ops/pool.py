@@ -135,15 +135,16 @@ def _tiled(g):
 
 def _tiled_loads(ctx, g, x, ind):
     """Lines loading window (oh, ow) of ``x`` into ``p0, p1, ...`` and its maximum into
-    ``m``, with ``w<t>`` true where ``p<t>`` beats every value before it (NaN never does):
-    the window's first maximum is the last ``t`` with ``w<t>`` (none: all NaN or -inf).
+    ``m``, with ``w<t>`` true where ``p<t>`` beats every value before it or is the
+    window's first NaN (a NaN wins, as in PyTorch's max pooling and np.argmax): the
+    window's first maximum is the last ``t`` with ``w<t>`` (none: all -inf).
     Selects, not branches: on real activations the comparisons are unpredictable."""
     e = lambda s: ctx.emit(ind + s)  # noqa: E731
     e(f"m = {ctx.lit(-np.inf)}")
     for t in range(g["KH"] * g["KW"]):
         i, j = divmod(t, g["KW"])
         e(f"p{t} = {x}[b, c, i0 + {i}, j0 + {j}]")
-        e(f"w{t} = p{t} > m")
+        e(f"w{t} = p{t} > m or (p{t} != p{t} and m == m)")
         e(f"m = p{t} if w{t} else m")
 
 
@@ -167,7 +168,7 @@ def _max_kernel(ctx):
         return
     _emit_windows(ctx, g, x, ["m = -np.inf"] + _window_loop(g) + [
         f"        v = {x}[b, c, i, j]",
-        "        if v > m:",
+        "        if v > m or (v != v and m == m):",
         "            m = v",
         f"{out}[b, c, oh, ow] = m"])
 
@@ -209,7 +210,7 @@ def _max_grad_kernel(ctx):
     ctx.emit(f"{dx}[:] = {ctx.lit(0.0)}")
     _emit_windows(ctx, g, x, ["m = -np.inf", "bi = -1", "bj = -1"] + _window_loop(g) + [
         f"        v = {x}[b, c, i, j]",
-        "        if v > m:",
+        "        if v > m or (v != v and m == m):",
         "            m = v",
         "            bi = i",
         "            bj = j",
@@ -269,7 +270,7 @@ def _cuda_max_kernel(ctx):
     e("for i in range(i0, i1):")
     e("    for j in range(j0, j1):")
     e(f"        v = {x}[b, c, i, j]")
-    e("        if v > m:")
+    e("        if v > m or (v != v and m == m):")
     e("            m = v")
     e(f"{out}[b, c, oh, ow] = m")
 
@@ -301,7 +302,7 @@ def _cuda_max_grad_kernel(ctx):
     e("        for i in range(i0, i1):")
     e("            for j in range(j0, j1):")
     e(f"                v = {x}[b, c, i, j]")
-    e("                if v > m:")
+    e("                if v > m or (v != v and m == m):")
     e("                    m = v")
     e("                    bi = i")
     e("                    bj = j")
