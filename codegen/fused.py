@@ -28,7 +28,7 @@ SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reducti
 LITERAL_RUN = 16
 # reduce_max keeps a NaN, as torch.amax and np.max (the builtin max(acc, v) drops one)
 REDUCERS = {"reduce_sum": ("{acc} + {v}", 0.0), "reduce_mean": ("{acc} + {v}", 0.0),
-            "reduce_max": ("({acc} if {acc} >= {v} or {acc} != {acc} else {v})",
+            "reduce_max": ("({acc} if ({acc} >= {v}) | ({acc} != {acc}) else {v})",
                            float("-inf"))}
 
 

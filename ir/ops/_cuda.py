@@ -86,8 +86,8 @@ def maximum(a, b):
     """``max`` as a conditional expression: the builtin max() goes through an overload
     that Numba's CUDA target cannot compile ahead of time (checked with compile_ptx).
     A NaN in either operand is the result, as torch.maximum and np.maximum give."""
-    return f"({a} if {a} >= {b} or {a} != {a} else {b})"
+    return f"({a} if ({a} >= {b}) | ({a} != {a}) else {b})"   # | not or: no branch
 
 
 def minimum(a, b):
-    return f"({a} if {a} <= {b} or {a} != {a} else {b})"
+    return f"({a} if ({a} <= {b}) | ({a} != {a}) else {b})"
