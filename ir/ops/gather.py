@@ -95,18 +95,28 @@ def _nest(ctx, names, extents, ind):
     return ind
 
 
+def _cpu_loops(ctx, op, idx, idx_rank, axis, extent, lead_of, trail_of, trail_n):
+    """The loop nest of a CPU gather or scatter: ``lead_of``'s axes before ``axis``, the
+    index's axes (reading the index ``r`` once, checked against ``extent``), then
+    ``trail_of``'s axes after ``axis``. Returns (indent, lead, inner, trail) names."""
+    lead = [f"i{k}" for k in range(axis)]
+    inner = [f"j{k}" for k in range(idx_rank)]
+    trail = [f"t{k}" for k in range(trail_n)]
+    ind = _nest(ctx, lead, [f"{lead_of}.shape[{k}]" for k in range(axis)], "")
+    ind = _nest(ctx, inner, [f"{idx}.shape[{k}]" for k in range(idx_rank)], ind)
+    _read_index(ctx, idx, inner, extent, ctx.attrs["negative"], ind,
+                f"raise IndexError('{op}: an index computed in the graph is out of range "
+                f"for axis {axis} of extent {extent}')")
+    ind = _nest(ctx, trail, [f"{trail_of}.shape[{axis + 1 + k}]" for k in range(trail_n)], ind)
+    return ind, lead, inner, trail
+
+
 def _take_kernel(ctx):
     x, idx, out = ctx.args[0], ctx.args[1], ctx.out
     xt, it = ctx.in_types
     axis = ctx.attrs["axis"]
-    extent = xt.shape[axis]
-    lead, inner, trail = _loop_names(ctx, xt.rank, it.rank, axis)
-    ind = _nest(ctx, lead, [f"{out}.shape[{k}]" for k in range(axis)], "")
-    ind = _nest(ctx, inner, [f"{idx}.shape[{k}]" for k in range(it.rank)], ind)
-    _read_index(ctx, idx, inner, extent, ctx.attrs["negative"], ind,
-                f"raise IndexError('take: an index computed in the graph is out of range "
-                f"for axis {axis} of extent {extent}')")
-    ind = _nest(ctx, trail, [f"{x}.shape[{axis + 1 + k}]" for k in range(len(trail))], ind)
+    ind, lead, inner, trail = _cpu_loops(ctx, "take", idx, it.rank, axis, xt.shape[axis],
+                                         out, x, xt.rank - axis - 1)
     ctx.emit(f"{ind}{out}[{_subscript(lead + inner + trail)}] = "
              f"{x}[{', '.join(lead + ['r'] + trail)}]")
 
@@ -171,17 +181,10 @@ def _take_grad_impl(xs, a, shape):
 def _take_grad_kernel(ctx):
     """Zero, then add each gradient slice into its row; the index is read once per slice."""
     g, idx, out = ctx.args[0], ctx.args[1], ctx.out
-    gt, it = ctx.in_types
-    axis, size = ctx.attrs["axis"], ctx.attrs["size"]
-    lead, inner, _ = _loop_names(ctx, ctx.out_type.rank, it.rank, axis)
-    trail = [f"t{k}" for k in range(ctx.out_type.rank - axis - 1)]
+    axis, size, rank = ctx.attrs["axis"], ctx.attrs["size"], ctx.out_type.rank
     ctx.emit(f"{out}[:] = 0")
-    ind = _nest(ctx, lead, [f"{out}.shape[{k}]" for k in range(axis)], "")
-    ind = _nest(ctx, inner, [f"{idx}.shape[{k}]" for k in range(it.rank)], ind)
-    _read_index(ctx, idx, inner, size, ctx.attrs["negative"], ind,
-                f"raise IndexError('take_grad: an index computed in the graph is out of "
-                f"range for axis {axis} of extent {size}')")
-    ind = _nest(ctx, trail, [f"{out}.shape[{axis + 1 + k}]" for k in range(len(trail))], ind)
+    ind, lead, inner, trail = _cpu_loops(ctx, "take_grad", idx, ctx.in_types[1].rank, axis,
+                                         size, out, out, rank - axis - 1)
     ctx.emit(f"{ind}{out}[{', '.join(lead + ['r'] + trail)}] += "
              f"{g}[{_subscript(lead + inner + trail)}]")
 
