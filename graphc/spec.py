@@ -201,18 +201,19 @@ class ModelSpec:
 
     @contextlib.contextmanager
     def _user_code(self, doing):
-        """For a ``file.py:Class`` spec, errors of the user's class name the spec: graphc's
-        own errors get the spec as a prefix, anything else the class and what failed."""
-        if self.module_factory is None:
-            yield
-            return
+        """Errors name the spec: graphc's own errors get its path as a prefix; for a
+        ``file.py:Class`` spec anything else the user's class raises says what failed."""
         try:
             yield
+        except SpecError:
+            raise
         except GraphcError as exc:
             if str(exc).startswith(self.source):
                 raise
             raise type(exc)(f"{self.source}: {exc}") from None
         except Exception as exc:   # the user's __init__ or forward raised
+            if self.module_factory is None:
+                raise                  # a layer spec's modules are graphc's own code
             raise SpecError(f"{self.source}: {doing} failed: {type(exc).__name__}: "
                             f"{exc}") from None
 

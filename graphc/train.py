@@ -47,6 +47,12 @@ def train_spec(spec, data="digits", epochs=10, batch=None, out_dir="runs", targe
                         f"'cross_entropy', got {spec.loss!r}")
     xtr, ytr, xte, yte = load_data(data, spec)
     model = spec.compile(target=target, fuse=fuse)
+    classes = int(max(ytr.max(), yte.max())) + 1
+    out_classes = model._graph("forward").type_of(model._graph("forward").outputs[0]).shape[-1]
+    if out_classes < classes:
+        raise SpecError(f"{spec.source}: the model gives {out_classes} outputs per sample but "
+                        f"{data} has {classes} classes: its last layer needs "
+                        f"out_features = {classes}")
     batch = batch or spec.batch_size
     rng = np.random.default_rng(spec.seed)
     history = []

@@ -226,3 +226,18 @@ def test_errors_of_a_python_spec_name_it(capsys, tmp_path):
     assert code == 1 and "NeedsArgs: building it failed: TypeError" in err
     code, _, err = run(capsys, "bench", MLP, "--seed", "-5")
     assert code == 2 and "--seed: must be an int >= 0" in err
+
+
+def test_spec_errors_found_when_compiling_name_the_file(capsys, tmp_path):
+    two = tmp_path / "two.json"
+    two.write_text('{"input_shape": [64], "layers": [{"type": "linear", "out_features": 2}]}')
+    code, _, err = run(capsys, "train", two, "--data", "digits", "--epochs", "1",
+                       "--out", tmp_path / "run")
+    assert_one_line_error(code, err)
+    assert "two.json: the model gives 2 outputs per sample but digits has 10 classes" in err
+    conv = tmp_path / "conv.json"
+    conv.write_text('{"input_shape": [1, 8, 8], "layers": [{"type": "conv2d", '
+                    '"out_channels": 2, "kernel_size": 3}]}')
+    code, _, err = run(capsys, "dump", conv)
+    assert_one_line_error(code, err)
+    assert "conv.json: loss 'cross_entropy' needs model output (N, classes)" in err
