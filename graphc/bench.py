@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphc.ir import input_index_bounds
+
 
 @dataclass
 class BenchRow:
@@ -123,8 +125,8 @@ def sample_batch(spec, model, batch, seed=0):
     yid = g.input_named("y")
     t = g.type_of(yid)
     if t.dtype == "int64":
-        classes = g.meta.get("label_classes", {}).get("y", 2)
-        return x, rng.integers(0, classes, size=batch).astype(np.int64)
+        lo, hi = input_index_bounds(g)["y"][:2]      # the classes, from the loss op
+        return x, rng.integers(lo, hi, size=batch).astype(np.int64)
     shape = t.concrete(batch)
     if spec.loss == "bce":
         return x, rng.uniform(0, 1, size=shape).astype(spec.dtype)

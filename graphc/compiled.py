@@ -329,9 +329,7 @@ class CompiledModel:
             if out.ndim != 2:
                 raise ShapeError(f"loss {self.loss_name!r} needs model output (N, classes), "
                                  f"got {format_shape(out.shape)}")
-            y = g.add_input(TensorType((out.shape[0],), "int64"), "y", "label")
-            g.meta["label_classes"] = {"y": out.shape[1]}
-            return y
+            return g.add_input(TensorType((out.shape[0],), "int64"), "y", "label")
         return g.add_input(TensorType(out.shape, self.dtype), "y", "label")
 
     def _graph(self, kind, raw=False):
