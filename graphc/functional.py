@@ -11,8 +11,8 @@ import numpy as np
 from graphc.ir import BATCH, OpError, ShapeError
 from graphc.ir.types import format_shape
 
-from .tracing import (Tensor, _binary, _to_float, active, as_tensor, cat, matmul,  # noqa: F401
-                      reduce, reduce_axes, stack, take, where)
+from .tracing import (Tensor, _binary, _index_tensor, _to_float, as_tensor, cat,  # noqa: F401
+                      matmul, reduce, reduce_axes, stack, take, where)
 
 concat = concatenate = cat
 
@@ -438,30 +438,24 @@ def index_select(input, dim, index):  # noqa: A002
 
 # --- losses (mean reduction) -------------------------------------------------
 
-def _labels(target, x, what):
+def _labels(target, x):
     """Class labels as an int64 tensor: a traced one, or a fixed integer array (gc.jit)
     checked against the classes now and captured as int64 (not the float dtype)."""
     if isinstance(target, (np.ndarray, list)) and np.asarray(target).dtype.kind in "iu":
-        arr, classes = np.asarray(target), x.shape[-1]
-        bad = arr[(arr < 0) | (arr >= classes)]
-        if bad.size:
-            raise ShapeError(f"{what}: label {int(bad.flat[0])} is out of range for {classes} "
-                             f"classes (valid 0..{classes - 1})")
-        ctx = active()
-        if ctx is not None and ctx.captures is not None:
-            return Tensor(ctx.graph, ctx.capture(arr, "int64"))
+        classes = x.shape[-1]
+        return _index_tensor(x, target, classes, lo=0, what=f"{classes} classes")
     return as_tensor(target)
 
 
 def cross_entropy(logits, target):
     """``F.cross_entropy``: softmax cross-entropy of logits against int64 class labels."""
     x = as_tensor(logits)
-    return x._new("softmax_cross_entropy", [x, _labels(target, x, "cross_entropy")])
+    return x._new("softmax_cross_entropy", [x, _labels(target, x)])
 
 
 def nll_loss(logp, target):
     x = as_tensor(logp)
-    return x._new("nll_loss", [x, _labels(target, x, "nll_loss")])
+    return x._new("nll_loss", [x, _labels(target, x)])
 
 
 def mse_loss(pred, target):

@@ -662,9 +662,11 @@ def _is_index_array(k) -> bool:
     return isinstance(k, (TensorOps, list)) or (isinstance(k, np.ndarray) and k.ndim > 0)
 
 
-def _index_tensor(t: Tensor, k, axis_extent) -> Tensor:
+def _index_tensor(t: Tensor, k, axis_extent, lo=None, what=None) -> Tensor:
     """An int64 tensor of the indices ``k``: a traced one as it is, a static array or
-    list captured (gc.jit) after checking its values against the axis."""
+    list captured (gc.jit) after checking its values against [lo, axis_extent) (``lo``
+    defaults to -axis_extent: negative indices count from the end). ``what`` words the
+    range in errors ("3 classes")."""
     if isinstance(k, TensorOps):
         k = k._t()
         if k.type.dtype != "int64":
@@ -681,10 +683,13 @@ def _index_tensor(t: Tensor, k, axis_extent) -> Tensor:
                          f"{arr.dtype} (boolean masks select a data-dependent number of "
                          f"elements, which graphc cannot shape: use gc.where)")
     if axis_extent != BATCH:
-        bad = arr[(arr < -axis_extent) | (arr >= axis_extent)]
+        lo = -axis_extent if lo is None else lo
+        bad = arr[(arr < lo) | (arr >= axis_extent)]
         if bad.size:
-            raise ShapeError(f"{_where(t)}index {int(bad.flat[0])} is out of range for an "
-                             f"axis of extent {axis_extent}")
+            noun, range_ = ("index", f"an axis of extent {axis_extent}") if what is None \
+                else ("label", f"{what} (valid {lo}..{axis_extent - 1})")
+            raise ShapeError(f"{_where(t)}{noun} {int(bad.flat[0])} is out of range for "
+                             f"{range_}")
     ctx = active()
     if ctx is None or ctx.captures is None:
         raise ShapeError(f"{_where(t)}a fixed array of indices {format_shape(arr.shape)} "
