@@ -242,6 +242,13 @@ class CompiledModel:
         return g
 
     @property
+    def min_train_batch(self) -> int:
+        """The smallest batch ``train_step`` takes: 2 when batch norm normalises over the
+        batch alone in training (one value per channel is refused, as in PyTorch), else
+        0."""
+        return self._graph("train").meta.get("min_batch", 0)
+
+    @property
     def optimizer(self):
         """The optimizer compiled into ``train_step``; set its ``lr`` (or use
         :meth:`set_lr` or a schedule) to change the learning rate."""

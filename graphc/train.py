@@ -48,7 +48,8 @@ def train_spec(spec, data="digits", epochs=10, batch=None, out_dir="runs", targe
     xtr, ytr, xte, yte = load_data(data, spec)
     model = spec.compile(target=target, fuse=fuse)
     classes = int(max(ytr.max(), yte.max())) + 1
-    out_classes = model._graph("forward").type_of(model._graph("forward").outputs[0]).shape[-1]
+    forward = model._graph("forward")
+    out_classes = forward.type_of(forward.outputs[0]).shape[-1]
     if out_classes < classes:
         raise SpecError(f"{spec.source}: the model gives {out_classes} outputs per sample but "
                         f"{data} has {classes} classes: its last layer needs "
@@ -61,7 +62,7 @@ def train_spec(spec, data="digits", epochs=10, batch=None, out_dir="runs", targe
     bar = tqdm(range(epochs), desc=spec.name, unit="epoch", file=sys.stderr,
                disable=None, leave=False)
     # batch norm needs two samples per training batch: a shorter last batch is skipped
-    min_batch = model._graph("train").meta.get("min_batch", 0)
+    min_batch = model.min_train_batch
     if 0 < len(xtr) % batch < min_batch:
         print(f"note: the last batch of {len(xtr) % batch} sample(s) is skipped each epoch "
               f"(batch norm needs {min_batch} in training)", file=out)

@@ -174,7 +174,7 @@ def fit(model, X, y, epochs: int = 1, batch_size: int = 32, shuffle: bool = True
     if n == 0:
         raise InputError(f"fit: drop_last with batch_size {batch_size} leaves no batch of the "
                          f"{len(X)} samples")
-    min_batch = model._graph("train").meta.get("min_batch", 0)
+    min_batch = model.min_train_batch
     if 0 < n % batch_size < min_batch:
         raise InputError(f"fit: {len(X)} samples in batches of {batch_size} leave a last batch "
                          f"of {n % batch_size}, and the model's batch norm needs at least "

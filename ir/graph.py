@@ -221,16 +221,14 @@ class Graph:
         d = self.nx.nodes[nid]
         return (d["op"], _signed_zeros(d["attrs"]), d["args"])
 
-    _key = structural_key
-
     def _unindex(self, nid):
-        key = self._key(nid)
+        key = self.structural_key(nid)
         if self._hashcons.get(key) == nid:
             del self._hashcons[key]
 
     def _index(self, nid):
         if self.nx.nodes[nid]["op"] != "input":
-            self._hashcons.setdefault(self._key(nid), nid)
+            self._hashcons.setdefault(self.structural_key(nid), nid)
 
     def copy(self, name: str | None = None) -> "Graph":
         g = Graph(name or self.name)
