@@ -17,7 +17,7 @@ import numpy as np
 from graphc.ir import BATCH, get_op
 from graphc.ir.printer import format_node
 
-from . import blas, fastmath, memops
+from . import blas, fastmath, interleave, memops
 from .schedule import batch_source, scratch_arenas
 
 JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
@@ -223,14 +223,16 @@ class CpuEmitter(Emitter):
         self.driver_fastmath = set(fastmath.LOOP_FLAGS) if "float64" not in dtypes else set()
         self.uses_prange = False
 
-    def kernel_flags(self, fm: set, parallel: bool = False) -> str:
+    def kernel_flags(self, fm: set, parallel: bool = False, interleaved: bool = False) -> str:
         """Decorator flags of a kernel whose loops need fast-math flags ``fm``: inlined
         into the driver (compiled with its flags) if those cover ``fm`` and it has no
-        ``prange``, else compiled and cached on its own with ``fm`` (and parallel=True)."""
-        if fm <= self.driver_fastmath and not parallel:
+        ``prange`` and needs no interleaving, else compiled and cached on its own with
+        ``fm`` (and parallel=True, or interleave.InterleavedCompiler)."""
+        if fm <= self.driver_fastmath and not parallel and not interleaved:
             return KERNEL_FLAGS
         flags = JIT_FLAGS + (", parallel=True" if parallel else "")
-        return flags + (", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
+        flags += ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else ""
+        return flags + (", " + interleave.PIPELINE_FLAG if interleaved else "")
 
     def driver_flags(self) -> str:
         fm = self.driver_fastmath
@@ -307,6 +309,11 @@ class CpuEmitter(Emitter):
             local[n] = f"t{n}"
         for o in k.outputs:
             body.append(f"{ind}{ref(o)} = {local[o]}")
+        # one loop over the whole tensor whose body calls the fast-math polynomials:
+        # compiled on its own with four vectors in flight (interleave.py); loops over
+        # trailing runs keep LLVM's choice (a run may be shorter than four vectors)
+        if (flat or rank == 1) and interleave.wants_interleave(body):
+            lines[0] = f"@njit({self.kernel_flags(self.driver_fastmath, interleaved=True)})"
         return lines + pre + body
 
     def emit_template(self, k) -> list[str]:
@@ -358,7 +365,8 @@ class CpuEmitter(Emitter):
         parts = [f"# graphc generated code for graph {g.name!r}",
                  f"# numba {numba.__version__}, numpy {np.__version__}",
                  "import math", "import numpy as np", "from numba import njit",
-                 fastmath.IMPORT_LINE, blas.IMPORT_LINE, memops.IMPORT_LINE, ""]
+                 fastmath.IMPORT_LINE, interleave.IMPORT_LINE, blas.IMPORT_LINE,
+                 memops.IMPORT_LINE, ""]
         from .fused import FUSED_EMITTERS, lone_reduction   # (fused imports this module)
         for k in s.kernels:
             kind = "reduce_loop" if k.kind == "template" and lone_reduction(g, k) else k.kind

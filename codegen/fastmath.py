@@ -364,7 +364,9 @@ def fsoftplus32(x):
     s = t / (_TWO + t)
     y = s * s
     p = _A0 + y * (_A1 + y * (_A2 + y * _A3))
-    return _where(x > _ZERO, x, _ZERO) + s * p
+    # max(x, 0) exactly as relu's scalar template writes it: a loop with both computes
+    # it once (a select on x > 0 was a second vmaxps with the operands swapped for NaN)
+    return max(x, _ZERO) + s * p
 
 
 # --------------------------------------------------------------- code generator hook

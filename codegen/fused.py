@@ -17,7 +17,7 @@ from collections import defaultdict
 
 from graphc.ir import get_op
 
-from . import blas, fastmath
+from . import blas, fastmath, interleave
 from .cpu import (KERNEL_FLAGS, TemplateContext, _index, _run_kind, literal,
                   run_ref, run_views, scalar_expr, var)
 from .schedule import LOOP_KINDS, Kernel
@@ -163,11 +163,7 @@ def emit_reduce_loop(em, k) -> list[str]:
         # the kernel's arrays, a head's result, scalars read once, the outer indices
         params += [var(v) for v in reads if v not in local and var(v) not in params]
         params += [local[v] for v in reads if v in local] + names[:last] + ["lo", "hi"]
-        # compiled (and cached) as part of the kernel that calls it
-        block_flags = "nogil=True, error_model='numpy', boundscheck=False" + (
-            ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
-        block_fn = [f"@njit({block_flags})",
-                    f"def {name}({', '.join(params)}):"]
+        block_fn = [f"def {name}({', '.join(params)}):"]
         for r in scalar_sums:
             block_fn.append(f"    part{r} = {literal(0.0, g.type_of(r).dtype)}")
         # Unsigned index: Numba wraps negative int64 indices (i < 0 -> i + n), and LLVM
@@ -182,6 +178,11 @@ def emit_reduce_loop(em, k) -> list[str]:
             (x,) = g.args_of(r)
             body.append(f"        {out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
         block_fn += body + ["    return (" + "".join(f"part{r}, " for r in scalar_sums) + ")", ""]
+        # compiled (and cached) as part of the kernel that calls it
+        block_flags = "nogil=True, error_model='numpy', boundscheck=False" + (
+            ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "") + (
+            ", " + interleave.PIPELINE_FLAG if interleave.wants_interleave(body) else "")
+        block_fn.insert(0, f"@njit({block_flags})")
         lines.append(f"{outer}for b{last} in range(0, {var(src)}.shape[{last}], {SUM_BLOCK}):")
         call_args = params[:-2] + [f"b{last}", f"min(b{last} + {SUM_BLOCK}, "
                                                f"{var(src)}.shape[{last}])"]
