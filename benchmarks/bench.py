@@ -54,6 +54,15 @@ def blas_info() -> str:
     return "\n  ".join(rows) or "no BLAS found by threadpoolctl"
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        return platform.processor() or platform.machine()
+
+
 FASTEST_COPY = "copy floor, fastest call"
 PEAK_N = 2048
 PEAK_ROW = f"np.dot {PEAK_N}^3 (sgemm peak)"
@@ -293,6 +302,10 @@ def main(argv=None):
     q = 0.25 if args.quick else 1.0
     print(f"graphc {gc.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}")
     print(f"BLAS:\n  {blas_info()}")
+    # the chain's loop is bound by the CPU's vector units (AVX2 or AVX-512, how many FMA
+    # pipes): results from different machines are not comparable without this line
+    import llvmlite.binding as llvm
+    print(f"CPU: {_cpu_model()}, {os.cpu_count()} CPUs, LLVM target {llvm.get_host_cpu_name()}")
     print("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" % (os.environ.get("OPENBLAS_CORETYPE"),
                                                         os.environ.get("OPENBLAS_L2_SIZE")))
     peak_np, peak = sgemm_peak()

@@ -26,7 +26,9 @@ for that), then each divides once. Loops of this kind are bound by floating-poin
 instructions, so the exp uses a polynomial fitted here one degree lower than Cephes' (and,
 for ``exp(-|x|)``, two degrees lower and a one-FMA range reduction: each FMA left out of
 the elementwise chain's loop took 1-1.5% off its time), and softplus's log1p is
-``2 atanh(t / (2 + t))`` (a degree-3 polynomial, no range reduction).
+``2 atanh(t / (2 + t))`` (a degree-3 polynomial, no range reduction). Each element's
+work is one long dependent chain, so generated loops that call these functions keep four
+vectors of elements in flight (``interleave.py``).
 
 MAX_REL_ERROR (5e-6) is the bound the code generator promises; nan in gives nan out.
 The bounds hold with or without the LLVM fast-math flags that generated float32 loops
