@@ -15,8 +15,10 @@ LLVM takes the count per loop from loop metadata or, for everything it compiles,
 ``-force-vector-interleave`` option; Numba offers neither per function, but it lets a
 function choose its compiler (``pipeline_class``). :class:`InterleavedCompiler` is
 Numba's compiler with that option set while it compiles the function (Numba compiles one
-function at a time under its global compiler lock, so nothing else is compiled with it
-by accident, and a cached function is not compiled at all). Generated code names it only
+function at a time under its global compiler lock, so no other thread's function is
+compiled with it; a callee compiled for the first time inside it would be, but generated
+loops call only inlined helpers; a function loaded from the cache is not compiled at
+all, its machine code is the interleaved one). Generated code names it only
 on the loops that call the polynomials; every other loop keeps LLVM's own choice, which is
 right for short bodies and needed for short runs (a forced count of 4 on 8-wide vectors
 would leave a loop of 16 elements entirely to the scalar remainder).
