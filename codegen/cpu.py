@@ -28,6 +28,18 @@ JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
 KERNEL_FLAGS = "nogil=True, error_model='numpy', boundscheck=False, inline='always'"
 
 
+def jit_flags(base: str, fm: set, parallel: bool = False, interleaved: bool = False) -> str:
+    """``base`` decorator flags plus parallel=True, the fast-math flags ``fm`` and
+    interleave.InterleavedCompiler, each where asked for.
+
+    >>> jit_flags("nogil=True", {"reassoc", "contract"}, interleaved=True)
+    "nogil=True, fastmath={'contract', 'reassoc'}, pipeline_class=InterleavedCompiler"
+    """
+    flags = base + (", parallel=True" if parallel else "")
+    flags += ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else ""
+    return flags + (", " + interleave.PIPELINE_FLAG if interleaved else "")
+
+
 def literal(value, dtype: str) -> str:
     """Source text for a constant of ``dtype``: ``np.float32(0.5)``, ``-np.inf``."""
     if dtype == "int64":
@@ -230,13 +242,10 @@ class CpuEmitter(Emitter):
         ``fm`` (and parallel=True, or interleave.InterleavedCompiler)."""
         if fm <= self.driver_fastmath and not parallel and not interleaved:
             return KERNEL_FLAGS
-        flags = JIT_FLAGS + (", parallel=True" if parallel else "")
-        flags += ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else ""
-        return flags + (", " + interleave.PIPELINE_FLAG if interleaved else "")
+        return jit_flags(JIT_FLAGS, fm, parallel, interleaved)
 
     def driver_flags(self) -> str:
-        fm = self.driver_fastmath
-        return JIT_FLAGS + (", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "")
+        return jit_flags(JIT_FLAGS, self.driver_fastmath)
 
     # ------------------------------------------------------------ kernels
 

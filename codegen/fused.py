@@ -18,7 +18,7 @@ from collections import defaultdict
 from graphc.ir import get_op
 
 from . import blas, fastmath, interleave
-from .cpu import (KERNEL_FLAGS, TemplateContext, _index, _run_kind, literal,
+from .cpu import (KERNEL_FLAGS, TemplateContext, _index, _run_kind, jit_flags, literal,
                   run_ref, run_views, scalar_expr, var)
 from .schedule import LOOP_KINDS, Kernel
 
@@ -179,9 +179,8 @@ def emit_reduce_loop(em, k) -> list[str]:
             body.append(f"        {out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
         block_fn += body + ["    return (" + "".join(f"part{r}, " for r in scalar_sums) + ")", ""]
         # compiled (and cached) as part of the kernel that calls it
-        block_flags = "nogil=True, error_model='numpy', boundscheck=False" + (
-            ", fastmath={" + ", ".join(map(repr, sorted(fm))) + "}" if fm else "") + (
-            ", " + interleave.PIPELINE_FLAG if interleave.wants_interleave(body) else "")
+        block_flags = jit_flags("nogil=True, error_model='numpy', boundscheck=False", fm,
+                                interleaved=interleave.wants_interleave(body))
         block_fn.insert(0, f"@njit({block_flags})")
         lines.append(f"{outer}for b{last} in range(0, {var(src)}.shape[{last}], {SUM_BLOCK}):")
         call_args = params[:-2] + [f"b{last}", f"min(b{last} + {SUM_BLOCK}, "

@@ -166,6 +166,11 @@ def _tiled_windows(ctx, g, x4):
     e(f"                j0 = ow * {g['KW']}")
 
 
+# Whether window value v becomes the running maximum m of an untiled window scan: it is
+# larger, or the window's first NaN (a NaN is the maximum, as in PyTorch's max pooling)
+_BEATS = "(v > m) | ((v != v) & (m == m))"
+
+
 def _max_kernel(ctx):
     x, out = ctx.args[0], ctx.out
     g = _geo(ctx, ctx.in_types[0].shape[2:], ctx.out_type.shape[2:])
@@ -176,7 +181,7 @@ def _max_kernel(ctx):
         return
     _emit_windows(ctx, g, x, ["m = -np.inf"] + _window_loop(g) + [
         f"        v = {x}[b, c, i, j]",
-        "        if (v > m) | ((v != v) & (m == m)):",
+        f"        if {_BEATS}:",
         "            m = v",
         f"{out}[b, c, oh, ow] = m"])
 
@@ -221,7 +226,7 @@ def _max_grad_kernel(ctx):
     ctx.emit(f"{dx}[:] = {ctx.lit(0.0)}")
     _emit_windows(ctx, g, x, ["m = -np.inf", "bi = -1", "bj = -1"] + _window_loop(g) + [
         f"        v = {x}[b, c, i, j]",
-        "        if (v > m) | ((v != v) & (m == m)):",
+        f"        if {_BEATS}:",
         "            m = v",
         "            bi = i",
         "            bj = j",
@@ -281,7 +286,7 @@ def _cuda_max_kernel(ctx):
     e("for i in range(i0, i1):")
     e("    for j in range(j0, j1):")
     e(f"        v = {x}[b, c, i, j]")
-    e("        if (v > m) | ((v != v) & (m == m)):")
+    e(f"        if {_BEATS}:")
     e("            m = v")
     e(f"{out}[b, c, oh, ow] = m")
 
@@ -313,7 +318,7 @@ def _cuda_max_grad_kernel(ctx):
     e("        for i in range(i0, i1):")
     e("            for j in range(j0, j1):")
     e(f"                v = {x}[b, c, i, j]")
-    e("                if (v > m) | ((v != v) & (m == m)):")
+    e(f"                if {_BEATS}:")
     e("                    m = v")
     e("                    bi = i")
     e("                    bj = j")
