@@ -3,6 +3,7 @@
     python benchmarks/compile_time.py                # table (medians of 3 rounds)
     python benchmarks/compile_time.py --repeat 5     # more rounds
     python benchmarks/compile_time.py --json         # machine-readable, every round
+    python benchmarks/compile_time.py --no-pyc       # children without Python's bytecode cache
 
 Each round runs two new processes on a fresh temporary cache: **cold** (empty
 ``GRAPHC_CACHE_DIR`` *and* ``NUMBA_CACHE_DIR``, so Numba compiles everything, graphc's
@@ -11,8 +12,9 @@ machine code come from the cache). Each process then compiles the same model a
 second time (**2nd compile**, same process). A third process measures the **floor**
 that any Numba program here pays: ``import numba`` plus the first call of a cached
 one-line ``np.dot`` kernel (Numba's first call loads its runtime registries, which
-import ``scipy.linalg`` to find BLAS; graphc's start-up skips that import, see
-``codegen/numba_start.py``, so it can come in under this floor).
+import ``scipy.linalg`` to find BLAS; graphc's start-up skips that import and, on a
+warm start, the registries too, see ``codegen/numba_start.py``, so it can come in under
+this floor).
 
 Stages (wall-clock, this process):
 
@@ -22,15 +24,25 @@ Stages (wall-clock, this process):
 - ``import numba``: ``graphc.codegen`` (Numba, its NumPy support without
   ``scipy.linalg``, graphc's emitters) on the first compile.
 - ``codegen``: schedule + emit + write/import the generated module of the train graph.
-- ``numba runtime init``: the rest of Numba's first-call registry loading.
+- ``numba runtime init``: the rest of Numba's first-call registry loading (a compile
+  needs it; a warm start skips it: graphc loads cached machine code without Numba's
+  registry refresh, ``codegen/numba_start.py``).
 - ``numba compile/load``: the rest of the first ``train_step`` minus one steady step
-  (Numba compiling, or loading cached machine code).
+  (Numba compiling, or loading cached machine code and starting its runtime).
 
 Totals: graphc's own stages (trace, passes, codegen, Numba compile/load); plus Numba's
 start-up (``import numba``, runtime init), which any Numba program pays once per process
 (the floor row); plus interpreter start-up and ``import numpy``/``import graphc``: the
 user-visible time from a new process to a compiled, callable model. Children run with ``OPENBLAS_NUM_THREADS=1``
 so the step subtracted is not BLAS threads fighting other processes for the cores.
+
+Children also run with Python's bytecode cache on, as Python's default is: the
+development machines set ``PYTHONDONTWRITEBYTECODE=1``, under which every new process
+compiled graphc's 66 modules from source again (about 250 ms of a warm start here, in
+``import graphc`` and ``import numba``), a cost no installed package pays (pip writes
+the bytecode at install; an editable install writes it on its first import). The cold
+child of each round writes any bytecode that is missing; ``--no-pyc`` measures with the
+variable set, as such a machine would run a model.
 """
 from __future__ import annotations
 
@@ -43,6 +55,7 @@ import tempfile
 import time
 
 TARGET_WARM_S, TARGET_COLD_S = 0.5, 5.0
+NO_PYC = "--no-pyc" in sys.argv
 HEAVY = ("numba", "scipy", "sklearn", "tqdm", "matplotlib", "threadpoolctl", "networkx",
          "numba.cuda")
 COMPILE_STAGES = ("trace", "passes", "import numba", "codegen", "numba runtime init",
@@ -147,6 +160,10 @@ def _floor_child():
 def _run(args, cache_dir, cwd=None):
     env = dict(os.environ, GRAPHC_CACHE_DIR=os.path.join(cache_dir, "graphc"),
                NUMBA_CACHE_DIR=os.path.join(cache_dir, "numba"), OPENBLAS_NUM_THREADS="1")
+    if NO_PYC:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    else:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=env,
                          check=True, capture_output=True, text=True, cwd=cwd).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -208,7 +225,9 @@ def table(res) -> str:
                      f"{verdict(_median(R, run, 'first', 'graphc'), target)}; with Numba start-up "
                      f"{verdict(_median(R, run, 'first', 'ready'), target)}; from a new "
                      f"interpreter {verdict(_median(R, run, 'first', 'ready incl. start-up'), target)}")
-    lines.append("(wall-clock on a possibly shared machine; 'ready' = compiled and callable)")
+    lines.append("(wall-clock on a possibly shared machine; 'ready' = compiled and callable; "
+                 + ("Python's bytecode cache off: --no-pyc)" if NO_PYC
+                    else "Python's bytecode cache on)"))
     return "\n".join(lines)
 
 
