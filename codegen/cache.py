@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numba
 
+from .numba_start import load_without_refresh
+
 _MODULES: dict = {}
 _LOCK = threading.Lock()
 
@@ -146,6 +148,9 @@ def load_module(source: str, tag: str = "graph"):
         # after exec (Numba's data pickles refer to this module), before the first call
         # (when Numba would read them)
         purge_unreadable_numba_cache(path)
+        for value in vars(mod).values():      # its own kernels, not those it imports
+            if getattr(getattr(value, "py_func", None), "__module__", None) == spec.name:
+                load_without_refresh(value)   # a warm start reads machine code only
         mod.__graphc_path__ = str(path)
         _MODULES[key] = mod
         return mod

@@ -12,6 +12,9 @@ width. The real ``scipy.linalg`` import happens when something first uses it (Nu
 again once the import is done. Where Numba's internals are not as expected, or
 ``arraymath`` is already loaded, this does the plain import.
 
+It also loads graphc's cached kernels without Numba's registry refresh
+(:func:`load_without_refresh`): a warm start reads machine code, it compiles nothing.
+
 >>> import_numpy_support()
 >>> import numba.np.arraymath
 >>> numba.np.arraymath._HAVE_BLAS       # np.dot stays available to Numba code
@@ -19,6 +22,7 @@ True
 """
 from __future__ import annotations
 
+import functools
 import glob
 import importlib
 import importlib.util
@@ -65,3 +69,48 @@ def import_numpy_support() -> None:
             linalg.ensure_blas = original
         if getattr(arraymath, "ensure_blas", None) is ensure_blas_present:
             arraymath.ensure_blas = original
+
+
+# Numba's Cache.load_overload refreshes the target context before it reads a cached
+# kernel. A process's first refresh imports and installs all of Numba's typing and
+# lowering registries (numba.cpython.*, numba.np.*, typed containers, jitclass,
+# third-party entry points): 160-260 ms here, a third of a warm start
+# (benchmarks/compile_time.py's "numba runtime init"), spent only so that something can
+# be compiled. Rebuilding cached machine code needs none of it: its symbols are Numba's
+# C helpers (registered when the context is made) and the runtime's (NRT), which
+# rtsys.initialize registers, and a parallel kernel's threads start from the cached
+# result's own reload hooks. A miss returns None, and the dispatcher then compiles
+# through Numba's compiler, which refreshes the contexts in full first.
+def _load_overload_without_refresh(cache, sig, target_context):
+    from numba.core.runtime import rtsys
+    rtsys.initialize(target_context)
+    cres = None
+    with cache._guard_against_spurious_io_errors():   # as Numba's: a racing writer
+        cres = cache._load_overload(sig, target_context)
+    if cres is None:
+        import_numpy_support()        # Numba compiles next: keep scipy.linalg out of it
+    return cres
+
+
+def load_without_refresh(dispatcher) -> bool:
+    """Make the CPU ``dispatcher`` load its cached machine code without Numba's registry
+    refresh (see above); returns whether it did (False for anything else: another
+    target, no cache, or Numba's cache internals not as expected).
+
+    >>> import numpy as np
+    >>> from graphc.codegen.runtime import first_outside     # @njit(cache=True)
+    >>> load_without_refresh(first_outside), first_outside(np.arange(5), 0, 3)
+    (True, 3)
+    >>> load_without_refresh(len)
+    False
+    """
+    from numba.core.caching import Cache
+    from numba.core.registry import CPUDispatcher
+    cache = getattr(dispatcher, "_cache", None)
+    if not (isinstance(dispatcher, CPUDispatcher) and isinstance(cache, Cache)
+            and hasattr(cache, "_load_overload")
+            and hasattr(cache, "_guard_against_spurious_io_errors")):
+        return False
+    # an instance attribute: only this dispatcher's loads change, not Numba's class
+    cache.load_overload = functools.partial(_load_overload_without_refresh, cache)
+    return True

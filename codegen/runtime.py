@@ -27,6 +27,7 @@ from graphc.ir.types import format_shape
 from .cache import load_module
 from .blas import OneThread
 from .cpu import emit_cpu_source, uses_prange
+from .numba_start import load_without_refresh
 from .parallel import (COMBINE, MIN_CHUNK_ELEMENTS, chunk_bounds, forked_after_omp,
                        row_split_plan, sample_parts, thread_count, worker_pool)
 from .schedule import arena_sizes, build_schedule, scratch_arenas
@@ -50,6 +51,8 @@ def first_outside(values, lo, hi):
             return i
     return -1
 
+
+load_without_refresh(first_outside)
 
 def planned_arrays(graph, schedule, batch, make) -> list:
     """One array per entry of ``schedule.buffers`` at ``batch``, made by

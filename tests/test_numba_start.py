@@ -1,6 +1,7 @@
 """Numba's start-up without scipy.linalg (codegen/numba_start.py): a new process that
 compiles and runs a training step never imports scipy.linalg, while Numba's np.dot and a
 later ``import scipy.linalg`` work as usual."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -48,3 +49,52 @@ def test_missing_scipy_reads_as_numba_expects(monkeypatch):
     monkeypatch.setattr(numba_start.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="scipy"):
         numba_start._scipy_blas_present()
+
+
+WARM_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import graphc as gc
+
+    def model(width):
+        gc.manual_seed(0)
+        net = gc.nn.Sequential(gc.nn.Linear(6, width), gc.nn.ReLU(), gc.nn.Linear(width, 3))
+        return gc.compile(net, input_shape=(None, 6), loss="cross_entropy",
+                          optimizer=gc.optim.SGD(lr=0.1))
+
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)
+    y = np.array([0, 1, 2, 0])
+    m = model(5)
+    losses = [float(m.train_step(x, y)) for _ in range(3)]
+    print("losses", losses)
+    if sys.argv[1] == "warm":
+        # loaded from the cache without Numba's registries (only their refresh imports this)
+        assert "numba.np.polynomial.polynomial_core" not in sys.modules
+        other = model(7)          # not in the cache: Numba compiles it, refreshing in full
+        assert np.isfinite(other.train_step(x, y))
+        assert "numba.np.polynomial.polynomial_core" in sys.modules
+        from numba import njit, typed, types
+        @njit
+        def count(keys):          # user code needing the registries compiles as usual
+            d = typed.Dict.empty(types.int64, types.int64)
+            for k in keys:
+                d[k] = d.get(k, 0) + 1
+            return len(d)
+        assert count(np.array([1, 2, 2, 5])) == 3
+    print("ok")
+""")
+
+
+def test_warm_start_loads_cached_kernels_without_numba_registries(tmp_path):
+    """A new process with graphc's and Numba's caches filled reads the training step's
+    machine code without Numba's registry refresh, computes the same losses as the
+    process that compiled it, and can still compile a new model and user Numba code."""
+    env = dict(os.environ, GRAPHC_CACHE_DIR=str(tmp_path / "graphc-cache"),
+               NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    runs = {}
+    for kind in ("cold", "warm"):
+        out = subprocess.run([sys.executable, "-c", WARM_CHILD, kind], capture_output=True,
+                             text=True, timeout=600, cwd=tmp_path, env=env)
+        assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+        runs[kind] = [line for line in out.stdout.splitlines() if line.startswith("losses")]
+    assert runs["warm"] == runs["cold"]
