@@ -1,8 +1,4 @@
 """graphc.codegen: graph -> Numba source -> compiled callables, and the runtime that runs them."""
-from .numba_start import import_numpy_support
-
-import_numpy_support()   # before Numba's first compile or cache load would import it
-
 from .schedule import Kernel, Schedule, build_schedule
 from .cpu import emit_cpu_source
 from .cache import load_module, cache_dir

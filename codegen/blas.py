@@ -43,8 +43,6 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
-from numba.np.arrayobj import make_array
-from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
 from .cache import module_version
 
@@ -122,6 +120,9 @@ def _xxgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, 
     sig = types.none(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
     def codegen(context, builder, sig, args):
+        # imported when compiling: a warm start loads machine code and never needs them
+        from numba.np.arrayobj import make_array
+        from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
         ensure_blas()
         intp = context.get_value_type(types.intp)
         fnty = ir.FunctionType(ir.IntType(32), [_CHAR, _CHAR, _CHAR, intp, intp, intp,

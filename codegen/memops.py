@@ -22,7 +22,6 @@ from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
-from numba.np.arrayobj import make_array
 
 from .cache import module_version
 
@@ -33,6 +32,7 @@ def _memcpy_run(typingctx, dst, d, src, s, n):
     sig = types.none(dst, d, src, s, n)
 
     def codegen(context, builder, sig, args):
+        from numba.np.arrayobj import make_array   # compiling only (warm starts load code)
         dst_v, d_v, src_v, s_v, n_v = args
         tys = sig.args
         intp = context.get_value_type(types.intp)

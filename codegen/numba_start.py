@@ -1,19 +1,23 @@
-"""Numba's start-up without importing ``scipy.linalg``.
+"""Numba's start-up, cut to what graphc's kernels need.
 
-On its first compile or cache load Numba imports its NumPy support, whose module
-``numba.np.arraymath`` checks at import that SciPy's BLAS is there by importing
-``scipy.linalg.cython_blas``. That imports the whole ``scipy.linalg`` package: 155-180
-ms here, a third of a warm start (``benchmarks/compile_time.py``). graphc's kernels do
+**Warm start: load, do not refresh.** Before reading a cached kernel Numba refreshes its
+target context; a process's first refresh imports and installs all of Numba's typing
+and lowering registries (160-260 ms here), which only a compile uses.
+:func:`load_without_refresh` makes a dispatcher read its cached machine code with only
+Numba's runtime started; graphc applies it to every kernel it generates. A warm start
+then imports neither the registries nor Numba's NumPy support.
+
+**Compile: NumPy support without ``scipy.linalg``.** Numba's ``numba.np.arraymath``
+checks at import that SciPy's BLAS is there by importing ``scipy.linalg.cython_blas``,
+which imports the whole ``scipy.linalg`` package (155-180 ms here). graphc's kernels do
 not use SciPy's BLAS (NumPy's OpenBLAS is called directly, ``codegen/blas.py``), so
-:func:`import_numpy_support` imports ``numba.np.arraymath`` with that check answered by
-looking for the same module's file, plus Numba's own check of SciPy's BLAS integer
-width. The real ``scipy.linalg`` import happens when something first uses it (Numba's
-``np.dot``, ``GRAPHC_BLAS=scipy``): ``numba.np.linalg.ensure_blas`` is the original
-again once the import is done. Where Numba's internals are not as expected, or
-``arraymath`` is already loaded, this does the plain import.
-
-It also loads graphc's cached kernels without Numba's registry refresh
-(:func:`load_without_refresh`): a warm start reads machine code, it compiles nothing.
+before a generated kernel is compiled :func:`import_numpy_support` imports
+``numba.np.arraymath`` with that check answered by looking for the same module's file,
+plus Numba's own check of SciPy's BLAS integer width. The real ``scipy.linalg`` import
+happens when something first uses it (Numba's ``np.dot``, ``GRAPHC_BLAS=scipy``):
+``numba.np.linalg.ensure_blas`` is the original again once the import is done. Where
+Numba's internals are not as expected, or ``arraymath`` is already loaded, this does the
+plain import.
 
 >>> import_numpy_support()
 >>> import numba.np.arraymath
@@ -71,16 +75,11 @@ def import_numpy_support() -> None:
             arraymath.ensure_blas = original
 
 
-# Numba's Cache.load_overload refreshes the target context before it reads a cached
-# kernel. A process's first refresh imports and installs all of Numba's typing and
-# lowering registries (numba.cpython.*, numba.np.*, typed containers, jitclass,
-# third-party entry points): 160-260 ms here, a third of a warm start
-# (benchmarks/compile_time.py's "numba runtime init"), spent only so that something can
-# be compiled. Rebuilding cached machine code needs none of it: its symbols are Numba's
-# C helpers (registered when the context is made) and the runtime's (NRT), which
-# rtsys.initialize registers, and a parallel kernel's threads start from the cached
-# result's own reload hooks. A miss returns None, and the dispatcher then compiles
-# through Numba's compiler, which refreshes the contexts in full first.
+# Numba's Cache.load_overload without its target_context.refresh(). Rebuilding cached
+# machine code needs only its symbols: Numba's C helpers (registered when the context is
+# made) and the runtime's (NRT, rtsys.initialize); a parallel kernel's threads start
+# from the cached result's own reload hooks. On a miss the dispatcher compiles through
+# Numba's compiler, which refreshes the contexts in full first.
 def _load_overload_without_refresh(cache, sig, target_context):
     from numba.core.runtime import rtsys
     rtsys.initialize(target_context)

@@ -68,8 +68,10 @@ WARM_CHILD = textwrap.dedent("""
     losses = [float(m.train_step(x, y)) for _ in range(3)]
     print("losses", losses)
     if sys.argv[1] == "warm":
-        # loaded from the cache without Numba's registries (only their refresh imports this)
+        # loaded from the cache without Numba's registries (only their refresh imports
+        # the first) or its NumPy support (only compiling graphc's kernels needs it)
         assert "numba.np.polynomial.polynomial_core" not in sys.modules
+        assert "numba.np.arraymath" not in sys.modules
         other = model(7)          # not in the cache: Numba compiles it, refreshing in full
         assert np.isfinite(other.train_step(x, y))
         assert "numba.np.polynomial.polynomial_core" in sys.modules
