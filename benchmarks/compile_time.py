@@ -3,7 +3,6 @@
     python benchmarks/compile_time.py                # table (medians of 3 rounds)
     python benchmarks/compile_time.py --repeat 5     # more rounds
     python benchmarks/compile_time.py --json         # machine-readable, every round
-    python benchmarks/compile_time.py --no-pyc       # children without Python's bytecode cache
 
 Each round runs two new processes on a fresh temporary cache: **cold** (empty
 ``GRAPHC_CACHE_DIR`` *and* ``NUMBA_CACHE_DIR``, so Numba compiles everything, graphc's
@@ -21,8 +20,9 @@ Stages (wall-clock, this process):
 - ``interpreter``: from the parent's spawn to the child's first line (Python start-up).
 - ``import numpy``, ``import graphc``: ``import graphc`` no longer loads Numba.
 - ``trace``, ``passes``: all graphs ``gc.compile`` builds (forward, gradients, train).
-- ``import numba``: ``graphc.codegen`` (Numba, its NumPy support without
-  ``scipy.linalg``, graphc's emitters) on the first compile.
+- ``import numba``: ``graphc.codegen`` (Numba and graphc's emitters) on the first
+  compile; Numba's NumPy support (without ``scipy.linalg``) is imported in the cold
+  process's compile, a warm start never imports it.
 - ``codegen``: schedule + emit + write/import the generated module of the train graph.
 - ``numba runtime init``: the rest of Numba's first-call registry loading (a compile
   needs it; a warm start skips it: graphc loads cached machine code without Numba's
@@ -37,12 +37,11 @@ user-visible time from a new process to a compiled, callable model. Children run
 so the step subtracted is not BLAS threads fighting other processes for the cores.
 
 Children also run with Python's bytecode cache on, as Python's default is: the
-development machines set ``PYTHONDONTWRITEBYTECODE=1``, under which every new process
-compiled graphc's 66 modules from source again (about 250 ms of a warm start here, in
-``import graphc`` and ``import numba``), a cost no installed package pays (pip writes
-the bytecode at install; an editable install writes it on its first import). The cold
-child of each round writes any bytecode that is missing; ``--no-pyc`` measures with the
-variable set, as such a machine would run a model.
+development machines set ``PYTHONDONTWRITEBYTECODE=1``, under which a checkout whose
+bytecode was never written compiled graphc's 66 modules from source in every new
+process (about 250 ms, most of it in ``import graphc``), a cost no installed package
+pays (pip writes the bytecode at install; an editable install writes it on its first
+import). The cold child of each round writes any bytecode that is missing.
 """
 from __future__ import annotations
 
@@ -55,7 +54,6 @@ import tempfile
 import time
 
 TARGET_WARM_S, TARGET_COLD_S = 0.5, 5.0
-NO_PYC = "--no-pyc" in sys.argv
 HEAVY = ("numba", "scipy", "sklearn", "tqdm", "matplotlib", "threadpoolctl", "networkx",
          "numba.cuda")
 COMPILE_STAGES = ("trace", "passes", "import numba", "codegen", "numba runtime init",
@@ -160,10 +158,7 @@ def _floor_child():
 def _run(args, cache_dir, cwd=None):
     env = dict(os.environ, GRAPHC_CACHE_DIR=os.path.join(cache_dir, "graphc"),
                NUMBA_CACHE_DIR=os.path.join(cache_dir, "numba"), OPENBLAS_NUM_THREADS="1")
-    if NO_PYC:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-    else:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=env,
                          check=True, capture_output=True, text=True, cwd=cwd).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -226,8 +221,7 @@ def table(res) -> str:
                      f"{verdict(_median(R, run, 'first', 'ready'), target)}; from a new "
                      f"interpreter {verdict(_median(R, run, 'first', 'ready incl. start-up'), target)}")
     lines.append("(wall-clock on a possibly shared machine; 'ready' = compiled and callable; "
-                 + ("Python's bytecode cache off: --no-pyc)" if NO_PYC
-                    else "Python's bytecode cache on)"))
+                 "Python's bytecode cache on)")
     return "\n".join(lines)
 
 
