@@ -54,6 +54,7 @@ def first_outside(values, lo, hi):
 
 load_without_refresh(first_outside)
 
+
 def planned_arrays(graph, schedule, batch, make) -> list:
     """One array per entry of ``schedule.buffers`` at ``batch``, made by
     ``make(shape, dtype)`` once per representative of the liveness plan

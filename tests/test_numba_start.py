@@ -66,6 +66,15 @@ WARM_CHILD = textwrap.dedent("""
     y = np.array([0, 1, 2, 0])
     m = model(5)
     losses = [float(m.train_step(x, y)) for _ in range(3)]
+    # convolution and pooling kernels run on Numba's threads (prange) where it can:
+    # their threads start from the cached code's own reload hooks
+    gc.manual_seed(0)
+    conv = gc.compile(gc.nn.Sequential(gc.nn.Conv2d(1, 2, 3), gc.nn.ReLU(), gc.nn.MaxPool2d(2),
+                                       gc.nn.Flatten(), gc.nn.Linear(2 * 3 * 3, 3)),
+                      input_shape=(None, 1, 8, 8), loss="cross_entropy",
+                      optimizer=gc.optim.SGD(lr=0.1))
+    images = np.linspace(-1, 1, 4 * 64, dtype=np.float32).reshape(4, 1, 8, 8)
+    losses += [float(conv.train_step(images, y)) for _ in range(3)]
     print("losses", losses)
     if sys.argv[1] == "warm":
         # loaded from the cache without Numba's registries (only their refresh imports
