@@ -142,7 +142,7 @@ def cmd_compile(args, out):
                      exe.timings.get("load", 0.0), jit_s,
                      exe))
     n_params = sum(a.size for a in model.parameters().values())
-    out_shape = model._graph("forward").type_of(model._graph("forward").outputs[0]).shape
+    out_shape = model.output_shape
     lines = [f"spec        {spec.source} ({spec.name})",
              f"model       input {_fmt_shape(('N', *spec.input_shape))} -> "
              f"{_fmt_shape(out_shape)}, {spec.dtype}, {n_params:,} parameters",

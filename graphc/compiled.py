@@ -249,6 +249,17 @@ class CompiledModel:
         return self._graph("train").meta.get("min_batch", 0)
 
     @property
+    def output_shape(self) -> tuple:
+        """Shape of what calling the model returns, the batch axis as ``"N"``.
+
+        >>> import graphc as gc
+        >>> gc.compile(gc.nn.Linear(3, 2), input_shape=(None, 3)).output_shape
+        ('N', 2)
+        """
+        g = self._graph("forward")
+        return tuple(g.type_of(g.outputs[0]).shape)
+
+    @property
     def optimizer(self):
         """The optimizer compiled into ``train_step``; set its ``lr`` (or use
         :meth:`set_lr` or a schedule) to change the learning rate."""

@@ -48,8 +48,7 @@ def train_spec(spec, data="digits", epochs=10, batch=None, out_dir="runs", targe
     xtr, ytr, xte, yte = load_data(data, spec)
     model = spec.compile(target=target, fuse=fuse)
     classes = int(max(ytr.max(), yte.max())) + 1
-    forward = model._graph("forward")
-    out_classes = forward.type_of(forward.outputs[0]).shape[-1]
+    out_classes = model.output_shape[-1]
     if out_classes < classes:
         raise SpecError(f"{spec.source}: the model gives {out_classes} outputs per sample but "
                         f"{data} has {classes} classes: its last layer needs "

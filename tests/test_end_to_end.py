@@ -120,3 +120,11 @@ def test_parameters_round_trip_and_pytorch_layouts():
     new = {k: np.full_like(v, 0.5) for k, v in params.items()}
     m.load_parameters(new)
     assert all(np.all(v == 0.5) for v in m.parameters().values())
+
+
+def test_output_shape_is_what_calling_the_model_returns():
+    net = gc.nn.Sequential(gc.nn.Conv2d(1, 3, 3), gc.nn.ReLU(), gc.nn.MaxPool2d(2))
+    m = gc.compile(net, input_shape=(None, 1, 8, 8), dtype="float32")
+    assert m.output_shape == ("N", 3, 3, 3)
+    out = m(np.ones((5, 1, 8, 8), np.float32))
+    assert out.shape == (5, *m.output_shape[1:])
