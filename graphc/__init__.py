@@ -12,8 +12,9 @@ from graphc.ir import (CompileError, DTypeError, GraphcError, GraphError, InputE
 from . import datasets, functional, nn, optim, plots, schedules, training
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compiled import CompiledModel, compile
-from .functional import (abs, amax, amin, argmax, argmin, clamp, clip, cos, erf, exp, log,
-                         log_softmax, logsumexp, max, maximum, mean, min, minimum, neg, relu,
+from .functional import (abs, amax, amin, argmax, argmin, clamp, clip, cos, erf, exp,
+                         floor_divide, log, log_softmax, logsumexp, max, maximum, mean, min,
+                         minimum, neg, relu, remainder,
                          reshape, sigmoid, sin, softmax, softplus, sqrt, square, std, sum,
                          tanh, transpose, var, where, cat, concat, stack, take, index_select)
 from .jit import grad, jit, value_and_grad
@@ -30,7 +31,7 @@ __all__ = [
     "exp", "log", "sin", "cos", "tanh", "sigmoid", "relu", "softplus", "sqrt", "abs",
     "square", "maximum", "minimum", "sum", "mean", "max", "amax", "min", "amin", "argmax",
     "argmin", "var", "std", "logsumexp", "clamp", "clip", "erf", "neg", "softmax",
-    "log_softmax",
+    "log_softmax", "remainder", "floor_divide",
     "reshape", "transpose", "where", "cat", "concat", "stack", "take", "index_select",
     "GraphcError", "ShapeError", "DTypeError", "OpError", "GraphError", "SpecError",
     "InputError", "CompileError", "NumericError",

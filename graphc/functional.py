@@ -41,6 +41,8 @@ def add(a, b): return _binary("add", a, b)
 def sub(a, b): return _binary("sub", a, b)
 def mul(a, b): return _binary("mul", a, b)
 def div(a, b): return _binary("div", a, b)
+def remainder(a, b): return _binary("remainder", a, b)
+def floor_divide(a, b): return _binary("floor_divide", a, b)
 
 
 def sum(x, dim=None, keepdim=False, *, axis=None, keepdims=None):  # noqa: A001

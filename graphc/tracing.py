@@ -107,6 +107,10 @@ class TensorOps:
     def __rmul__(self, o): return _binary("mul", o, self)
     def __truediv__(self, o): return _binary("div", self, o)
     def __rtruediv__(self, o): return _binary("div", o, self)
+    def __floordiv__(self, o): return _binary("floor_divide", self, o)
+    def __rfloordiv__(self, o): return _binary("floor_divide", o, self)
+    def __mod__(self, o): return _binary("remainder", self, o)
+    def __rmod__(self, o): return _binary("remainder", o, self)
     def __neg__(self):   # integers stay integers: -x is 0 - x
         t = self._t()
         return _binary("sub", 0, t) if t.type.dtype == "int64" else t._unary("neg")
@@ -261,6 +265,8 @@ class TensorOps:
     def sub(self, other, alpha=1): return self - (other if alpha == 1 else other * alpha)
     def mul(self, other): return self * other
     def div(self, other): return self / other
+    def remainder(self, other): return self % other
+    def floor_divide(self, other): return self // other
     def maximum(self, other): return _functional().maximum(self, other)
     def minimum(self, other): return _functional().minimum(self, other)
     def clamp_min(self, min): return _functional().clamp(self, min, None)  # noqa: A002

@@ -1,5 +1,5 @@
 """Functions built from registry ops (clamp, var, std, logsumexp, amin, activations such
-as silu and hardtanh, ``base ** x``) and their Tensor-method spellings: values against
+as silu and hardtanh, ``base ** x``, ``%`` and ``//``) and their Tensor-method spellings: values against
 NumPy/SciPy formulas, gradients against central differences of those formulas, float32
 against float64, the gradient at kinks against PyTorch's documented rules, and
 everything against PyTorch autograd where it is installed.
@@ -78,6 +78,15 @@ CASES = {
     "methods": (lambda x: x.square() + x.pow(3) * 0.01 - x.neg() + x.erf(),
                 lambda x: x ** 2 + x ** 3 * 0.01 + x + np_erf(x),
                 lambda t: t.square() + t.pow(3) * 0.01 - t.neg() + t.erf()),
+    # no X is within 0.01 of a jump of these (x / 1.3, 2 / (x + 7.9), x / 0.7 near an
+    # integer); // has no gradient (JAX's zero; PyTorch refuses it, hence the detach)
+    "remainder, floor division": (
+        lambda x: x % 1.3 + 2.0 % (x + 7.9) + (x // 0.7) * 0.25 + gc.remainder(x, -1.1),
+        lambda x: (np.remainder(x, 1.3) + np.remainder(2.0, x + 7.9)
+                   + np.floor_divide(x, 0.7) * 0.25 + np.remainder(x, -1.1)),
+        # (PyTorch differentiates number % tensor only as tensor % tensor)
+        lambda t: (t % 1.3 + (t * 0 + 2.0) % (t + 7.9) + (t.detach() // 0.7) * 0.25
+                   + t.remainder(-1.1))),
     "softmax methods": (lambda x: x.softmax(1) + x.log_softmax(dim=0),
                         lambda x: (np.exp(x - np_logsumexp(x, 1, keepdims=True))
                                    + x - np_logsumexp(x, 0, keepdims=True)),

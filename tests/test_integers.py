@@ -1,5 +1,5 @@
-"""Integer (int64) arrays in traced code, with PyTorch's type promotion: +, -, *, unary
-minus, comparisons and where stay int64 when every operand is an int64 tensor or a Python
+"""Integer (int64) arrays in traced code, with PyTorch's type promotion: +, -, *, //, %,
+unary minus, comparisons and where stay int64 when every operand is an int64 tensor or a Python
 integer; a float operand, true division, math functions, powers and reductions give the
 trace's float dtype; float32 with float64 gives float64. Explicit conversions (astype,
 float/double/long). Values against NumPy, dtypes against the rule."""
@@ -19,6 +19,10 @@ CASES = [
     ("int minus tensor", lambda a, b: 2 - a * b, (A, B), lambda a, b: 2 - a * b, "int64"),
     ("unary minus", lambda a: -a, (A,), lambda a: -a, "int64"),
     ("F.neg", lambda a: gc.nn.functional.neg(a), (A,), lambda a: -a, "int64"),
+    ("remainder", lambda a, b: a % 3 - b % -4 + 7 % (b + 10), (A, B),
+     lambda a, b: a % 3 - b % -4 + 7 % (b + 10), "int64"),
+    ("floor division", lambda a, b: a // 2 + gc.floor_divide(b, -3) + 20 // (a + 10), (A, B),
+     lambda a, b: a // 2 + b // -3 + 20 // (a + 10), "int64"),
     ("comparison", lambda a, b: a > b, (A, B), lambda a, b: (a > b).astype(np.int64), "int64"),
     ("where", lambda a: gc.where(a > 0, a, 0), (A,), lambda a: np.where(a > 0, a, 0), "int64"),
     ("indexing", lambda a: a[:, 1:] * 3, (A,), lambda a: a[:, 1:] * 3, "int64"),
