@@ -104,9 +104,8 @@ def _minmax_vjp(cmp):
 binary("add", np.add, "({0} + {1})", _add_vjp, doc="x + y")
 binary("sub", np.subtract, "({0} - {1})", _sub_vjp, doc="x - y")
 binary("mul", np.multiply, "({0} * {1})", _mul_vjp, doc="x * y")
-binary("div", np.divide, "({0} / {1})", _div_vjp,
-       samples=tuple(Sample(s.shapes, domains=("real", "nonzero")) for s in _BIN_SAMPLES),
-       doc="x / y")
+_DIVISOR_SAMPLES = tuple(Sample(s.shapes, domains=("real", "nonzero")) for s in _BIN_SAMPLES)
+binary("div", np.divide, "({0} / {1})", _div_vjp, samples=_DIVISOR_SAMPLES, doc="x / y")
 
 
 def _remainder_vjp(g, node, grad):
@@ -123,12 +122,13 @@ def _remainder_vjp(g, node, grad):
 # remainder takes the divisor's sign (-5 % 3 == 1, 5 % -3 == -1). Numba compiles // and %
 # on floats and integers with exactly NumPy's results, zero divisors included (float:
 # inf or nan; int64: 0) under the generated kernels' error_model='numpy'.
-_DIVISOR_SAMPLES = tuple(Sample(s.shapes, domains=("real", "nonzero")) for s in _BIN_SAMPLES)
 binary("remainder", np.remainder, "({0} % {1})", _remainder_vjp, samples=_DIVISOR_SAMPLES,
        doc="x % y, with the sign of y (torch.remainder, np.remainder)")
 binary("floor_divide", np.floor_divide, "({0} // {1})", None, differentiable=False,
        samples=_DIVISOR_SAMPLES,
        doc="x // y, rounded down (torch.floor_divide, np.floor_divide); no gradient")
+
+
 # conditional expressions, not the builtin max/min: those drop a NaN second operand
 # (max(1.0, nan) is 1.0) where np.maximum and torch.maximum give NaN; the same text
 # compiles for CUDA (graphc.ir.ops._cuda.maximum)
