@@ -20,12 +20,14 @@ from graphc.ir.printer import format_node
 from . import blas, fastmath, interleave, memops
 from .schedule import batch_source, scratch_arenas
 
-JIT_FLAGS = "cache=True, nogil=True, error_model='numpy', boundscheck=False"
+# every generated CPU function: no GIL held, NumPy's division semantics, no bounds checks
+BASE_FLAGS = "nogil=True, error_model='numpy', boundscheck=False"
+JIT_FLAGS = "cache=True, " + BASE_FLAGS
 # Kernels are inlined into the driver by Numba, so a step compiles and caches as ONE
 # function (one cache entry to load at warm start, no per-function LLVM/cache overhead:
 # cold compile of a small MLP step went 19 s -> 16 s on a loaded 2-core machine); each
 # kernel stays a readable function in the source.
-KERNEL_FLAGS = "nogil=True, error_model='numpy', boundscheck=False, inline='always'"
+KERNEL_FLAGS = BASE_FLAGS + ", inline='always'"
 
 
 def jit_flags(base: str, fm: set, parallel: bool = False, interleaved: bool = False) -> str:

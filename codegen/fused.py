@@ -18,8 +18,8 @@ from collections import defaultdict
 from graphc.ir import get_op
 
 from . import blas, fastmath, interleave
-from .cpu import (KERNEL_FLAGS, TemplateContext, _index, _run_kind, jit_flags, literal,
-                  run_ref, run_views, scalar_expr, var)
+from .cpu import (BASE_FLAGS, KERNEL_FLAGS, TemplateContext, _index, _run_kind, jit_flags,
+                  literal, run_ref, run_views, scalar_expr, var)
 from .schedule import LOOP_KINDS, Kernel
 
 SUM_BLOCK = 1024   # elements per register partial sum of a whole-tensor reduction
@@ -179,8 +179,7 @@ def emit_reduce_loop(em, k) -> list[str]:
             body.append(f"        {out} = " + REDUCERS[g.op_of(r)][0].format(acc=out, v=local[x]))
         block_fn += body + ["    return (" + "".join(f"part{r}, " for r in scalar_sums) + ")", ""]
         # compiled (and cached) as part of the kernel that calls it
-        block_flags = jit_flags("nogil=True, error_model='numpy', boundscheck=False", fm,
-                                interleaved=interleave.wants_interleave(body))
+        block_flags = jit_flags(BASE_FLAGS, fm, interleaved=interleave.wants_interleave(body))
         block_fn.insert(0, f"@njit({block_flags})")
         lines.append(f"{outer}for b{last} in range(0, {var(src)}.shape[{last}], {SUM_BLOCK}):")
         call_args = params[:-2] + [f"b{last}", f"min(b{last} + {SUM_BLOCK}, "
